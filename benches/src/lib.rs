@@ -1,0 +1,1 @@
+//! Benchmarks (filled by the benchmarks issue).

@@ -1,0 +1,122 @@
+//! Atomic access to table entries in memory, honouring the format's byte order.
+//!
+//! Entries live in memory that hardware walks and (with hardware A/D) writes, so Rust never holds
+//! a `&mut u64` to them: every access is an atomic operation on an [`AtomicU64`]. Relaxed loads and
+//! stores compile to plain moves; read-modify-writes are used only where the format says hardware
+//! may set bits behind the engine (see `PteFormat::volatile_bits`). A byte swap is a permutation of
+//! bits, so `fetch_and`/`compare_exchange` work on swapped operands unchanged.
+
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use crate::format::ByteOrder;
+
+#[inline(always)]
+const fn to_mem(v: u64, order: ByteOrder) -> u64 {
+    match order {
+        ByteOrder::Little => v.to_le(),
+        ByteOrder::Big => v.to_be(),
+    }
+}
+
+#[inline(always)]
+const fn from_mem(v: u64, order: ByteOrder) -> u64 {
+    match order {
+        ByteOrder::Little => u64::from_le(v),
+        ByteOrder::Big => u64::from_be(v),
+    }
+}
+
+/// A pointer to one entry in a table page.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(crate) struct EntryPtr(NonNull<AtomicU64>);
+
+impl EntryPtr {
+    /// The entry at `index` of the table whose first byte is at `table`.
+    ///
+    /// # Safety
+    /// `table` must point at a live table page (valid for reads and writes, 8-byte aligned) of at
+    /// least `index + 1` entries, accessed only atomically while the returned pointer is used.
+    #[inline(always)]
+    pub(crate) unsafe fn new(table: NonNull<u8>, index: usize) -> EntryPtr {
+        // SAFETY: the caller guarantees `table` holds at least `index + 1` 8-byte entries, so the
+        // offset stays inside the same allocation and the result is non-null and aligned.
+        EntryPtr(unsafe { table.cast::<AtomicU64>().add(index) })
+    }
+
+    /// The next entry of the same table.
+    ///
+    /// # Safety
+    /// The entry after this one must be inside the same table page.
+    #[inline(always)]
+    pub(crate) unsafe fn next(self) -> EntryPtr {
+        // SAFETY: the caller guarantees the next slot is inside the same table page.
+        EntryPtr(unsafe { self.0.add(1) })
+    }
+
+    #[inline(always)]
+    fn atomic(&self) -> &AtomicU64 {
+        // SAFETY: `EntryPtr::new` required a live, aligned table page that is only accessed
+        // atomically; the engine never frees a table while an iterator points into it.
+        unsafe { self.0.as_ref() }
+    }
+
+    /// Reads the entry.
+    #[inline(always)]
+    pub(crate) fn load(&self, order: ByteOrder) -> u64 {
+        from_mem(self.atomic().load(Ordering::Relaxed), order)
+    }
+
+    /// Writes the entry with release ordering, so a table's contents are visible to any walker
+    /// that sees the entry pointing at it.
+    #[inline(always)]
+    pub(crate) fn store(&self, v: u64, order: ByteOrder) {
+        self.atomic().store(to_mem(v, order), Ordering::Release);
+    }
+
+    /// Writes the entry where no other agent can observe the order (fresh, unlinked tables).
+    #[inline(always)]
+    pub(crate) fn store_relaxed(&self, v: u64, order: ByteOrder) {
+        self.atomic().store(to_mem(v, order), Ordering::Relaxed);
+    }
+
+    /// Compare-exchange: writes `new` if the entry still holds `old`; returns the value found.
+    #[inline(always)]
+    pub(crate) fn compare_exchange(
+        &self,
+        old: u64,
+        new: u64,
+        order: ByteOrder,
+    ) -> Result<u64, u64> {
+        match self.atomic().compare_exchange(
+            to_mem(old, order),
+            to_mem(new, order),
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        ) {
+            Ok(v) => Ok(from_mem(v, order)),
+            Err(v) => Err(from_mem(v, order)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn big_endian_entries_are_stored_most_significant_byte_first() {
+        let mut word = [0u64; 1];
+        let table = NonNull::new(word.as_mut_ptr().cast::<u8>()).unwrap();
+        // SAFETY: `word` is a live, aligned one-entry table accessed only through this pointer.
+        let e = unsafe { EntryPtr::new(table, 0) };
+        e.store(0x8000_0000_0000_0001, ByteOrder::Big);
+        assert_eq!(word[0].to_ne_bytes(), [0x80, 0, 0, 0, 0, 0, 0, 0x01]);
+        assert_eq!(e.load(ByteOrder::Big), 0x8000_0000_0000_0001);
+        assert_eq!(
+            e.compare_exchange(0x8000_0000_0000_0001, 7, ByteOrder::Big),
+            Ok(0x8000_0000_0000_0001)
+        );
+        assert_eq!(word[0].to_ne_bytes(), [0, 0, 0, 0, 0, 0, 0, 7]);
+    }
+}

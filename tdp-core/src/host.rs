@@ -1,0 +1,124 @@
+//! What the engine needs from its host: table memory, per-table metadata and TLB invalidation.
+//!
+//! The host is a trait, not a global: a hypervisor implements it over its own frame allocator and
+//! its own invalidation instructions (INVEPT, TLBI IPAS2E1IS, HFENCE.GVMA, ...). All methods take
+//! `&self`, so a host can be shared by concurrent updaters in later issues; a host with mutable state
+//! uses interior mutability.
+//!
+//! # Flush contract
+//! No operation of [`crate::Table`] returns while a translation that grants more than the table
+//! now does may still be cached: every operation that removes or reduces a translation calls
+//! [`Host::flush_tlb`] once, with one range covering everything it changed, before it returns and
+//! before any table page it detached is given back with [`Host::free_table`].
+
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicU32, AtomicU64};
+
+use crate::addr::{Gpa, Hpa, Level};
+
+/// Bookkeeping the engine keeps for each table page, stored by the host beside the page (as a
+/// frame table entry or `struct page` would be). 16 bytes.
+#[derive(Debug, Default)]
+#[repr(C)]
+pub struct TableMeta {
+    /// Number of entries that are not the level's empty value.
+    pub(crate) count: AtomicU32,
+    /// Reserved for the fault-driven MMU (NX huge page tracking, root flags).
+    pub(crate) flags: AtomicU32,
+    /// Link for the engine's lists of free and to-be-freed tables (a physical address).
+    pub(crate) link: AtomicU64,
+}
+
+static_assertions::const_assert_eq!(core::mem::size_of::<TableMeta>(), 16);
+
+impl TableMeta {
+    /// A fresh record (count zero).
+    pub const fn new() -> TableMeta {
+        TableMeta {
+            count: AtomicU32::new(0),
+            flags: AtomicU32::new(0),
+            link: AtomicU64::new(0),
+        }
+    }
+
+    /// Number of non-empty entries the engine recorded for the table.
+    pub fn count(&self) -> u32 {
+        self.count.load(core::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// A TLB invalidation the engine asks for.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum TlbFlush {
+    /// Invalidate every cached translation (and paging-structure cache entry) for
+    /// `[start, start + size)` of this table's VM.
+    Range {
+        /// First guest-physical address.
+        start: Gpa,
+        /// Size in bytes.
+        size: u64,
+        /// The level of every entry changed, when they were all at one level (arm64 TTL hint).
+        level: Option<Level>,
+    },
+    /// Invalidate everything cached for this table's VM.
+    All,
+}
+
+/// The host services the engine uses.
+///
+/// # Safety
+/// Implementors guarantee that:
+/// - `alloc_table(size)` returns either `None` or the physical address of `size` bytes aligned to
+///   `size`, not in use by anything else, until the same address is passed to `free_table`;
+/// - `phys_to_virt(pa)` for such an address returns a pointer valid for reads and writes of the
+///   whole table, not accessed by the host through non-atomic references while allocated;
+/// - `meta(pa)` for such an address returns a pointer to a [`TableMeta`] that belongs to that table
+///   alone and stays valid until the table is freed; it starts as [`TableMeta::new`];
+/// - `flush_tlb` returns only once the invalidation is complete for every agent that may use the
+///   table (every vCPU of the VM, every IOMMU sharing it).
+pub unsafe trait Host {
+    /// Allocates a table of `size` bytes (a power of two from 256 to 65536) aligned to `size`.
+    /// Its contents are unspecified: the engine fills it.
+    fn alloc_table(&self, size: usize) -> Option<Hpa>;
+
+    /// Gives back a table.
+    ///
+    /// # Safety
+    /// `pa` came from `alloc_table(size)` and is not reachable from any table any more, and every
+    /// TLB flush covering it has completed.
+    unsafe fn free_table(&self, pa: Hpa, size: usize);
+
+    /// The host-virtual address of the table at `pa`.
+    fn phys_to_virt(&self, pa: Hpa) -> NonNull<u8>;
+
+    /// The metadata record of the table at `pa`.
+    fn meta(&self, pa: Hpa) -> NonNull<TableMeta>;
+
+    /// Invalidates cached translations; see [`TlbFlush`].
+    fn flush_tlb(&self, flush: TlbFlush);
+}
+
+// SAFETY: forwarding every method to `H`, which upholds the contract.
+unsafe impl<H: Host + ?Sized> Host for &H {
+    #[inline]
+    fn alloc_table(&self, size: usize) -> Option<Hpa> {
+        (**self).alloc_table(size)
+    }
+    #[inline]
+    unsafe fn free_table(&self, pa: Hpa, size: usize) {
+        // SAFETY: the caller upholds `free_table`'s contract for `H` as well.
+        unsafe { (**self).free_table(pa, size) }
+    }
+    #[inline]
+    fn phys_to_virt(&self, pa: Hpa) -> NonNull<u8> {
+        (**self).phys_to_virt(pa)
+    }
+    #[inline]
+    fn meta(&self, pa: Hpa) -> NonNull<TableMeta> {
+        (**self).meta(pa)
+    }
+    #[inline]
+    fn flush_tlb(&self, flush: TlbFlush) {
+        (**self).flush_tlb(flush)
+    }
+}

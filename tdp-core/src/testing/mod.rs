@@ -1,0 +1,16 @@
+//! The testing kit (feature `testing`, needs std).
+//!
+//! - [`HeapHost`]: table pages in a bounded physical window at a caller-chosen base (physical ≠
+//!   virtual), with leak accounting, allocation-failure injection at any chosen allocation, a
+//!   recording TLB, raw physical reads and writes for software walkers, and table-image export.
+//! - [`Model`]: the reference model, a map from guest ranges to host ranges and attributes.
+//! - [`TestFormat`]: a small generic format with knobs (hardware A/D, break-before-make), for
+//!   engine tests that do not depend on an architecture crate.
+
+mod format;
+mod heap;
+mod model;
+
+pub use format::TestFormat;
+pub use heap::{HeapHost, HostEvent, TableImage};
+pub use model::{Model, ModelSpan};
