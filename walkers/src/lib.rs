@@ -28,7 +28,12 @@
 use std::ops::Range;
 
 pub mod ept;
+pub mod gstage;
+pub mod loongarch;
+pub mod mips;
 pub mod npt;
+pub mod radix;
+pub mod stage2;
 
 /// Physical memory as a walker sees it.
 pub trait PhysMem {

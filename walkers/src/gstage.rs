@@ -1,0 +1,1 @@
+//! RISC-V G-stage walker (to be written).

@@ -1,0 +1,1 @@
+//! LoongArch GPA table walker (to be written).

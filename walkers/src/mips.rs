@@ -1,0 +1,1 @@
+//! MIPS VZ GPA table walker (to be written).

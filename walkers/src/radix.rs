@@ -1,0 +1,1 @@
+//! Power Book3S-64 radix partition-scoped walker (to be written).
