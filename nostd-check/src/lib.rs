@@ -1,1 +1,47 @@
+//! Proof that `tdp-core` (without its default features) and every architecture crate build and
+//! link without `std`: this `#![no_std]` staticlib defines its own `#[panic_handler]`, so if any
+//! of them pulled in `std` the build would fail with a duplicate `panic_impl` lang item.
+//!
+//! Built by `cargo test` (`tdp-core/tests/no_std_link.rs`) with panic = "abort".
 #![no_std]
+
+use core::panic::PanicInfo;
+
+use tdp_core::{Geometry, Level, PteFormat};
+
+#[panic_handler]
+fn panic(_info: &PanicInfo<'_>) -> ! {
+    loop {}
+}
+
+/// Touches each crate so that none of them is optimised away unseen.
+#[no_mangle]
+pub extern "C" fn tdp_nostd_probe() -> u64 {
+    let caps = tdp_arch_x86::EptCaps::from_vmx_ept_vpid_cap(0x0023_41c1);
+    let opts = tdp_arch_x86::EptOptions {
+        levels: 4,
+        accessed_dirty: true,
+        maxphyaddr: 46,
+        mbec: false,
+    };
+    let mut v = match tdp_arch_x86::Ept::new(caps, opts) {
+        Ok(ept) => ept.empty(Level::LEAF),
+        Err(_) => 0,
+    };
+    if let Ok(npt) = tdp_arch_x86::Npt::new(tdp_arch_x86::NptOptions::default()) {
+        v ^= npt.frozen();
+    }
+    if let Ok(g) = Geometry::new(12, &[9, 9, 9], 0b11, 39, 40) {
+        v ^= g.level_size(Level::LEAF);
+    }
+    for name in [
+        tdp_arch_arm64::ARCH,
+        tdp_arch_riscv::ARCH,
+        tdp_arch_loongarch::ARCH,
+        tdp_arch_mips::ARCH,
+        tdp_arch_ppc::ARCH,
+    ] {
+        v = v.wrapping_add(name.len() as u64);
+    }
+    v
+}

@@ -214,7 +214,9 @@ pub trait PteFormat {
     fn volatile_bits(&self, raw: u64, level: Level) -> u64;
 
     /// Whether replacing the valid entry `old` by `new` at `level` needs break-before-make
-    /// (invalidate, flush the TLB, then write `new`). Default: never (x86, RISC-V, Power).
+    /// (invalidate, flush the TLB, then write `new`). Default: never (x86, RISC-V). arm64 needs it
+    /// for output address, block/table and memory-attribute changes; Power radix for output
+    /// address or page-size changes (KVM unmaps and flushes first).
     #[inline]
     fn needs_break(&self, _old: u64, _new: u64, _level: Level) -> bool {
         false

@@ -3,8 +3,9 @@
 //!
 //! Geometry is a value, chosen at run time (an arm64 VM's IPA size, a RISC-V hgatp mode, an EPT walk
 //! length), not a type per combination. Each level's table has `1 << bits` entries of 8 bytes, so a
-//! table is 256 B (Power radix 64K leaf tables, 5 bits) to 64 KiB (a Power radix root or 16
-//! concatenated arm64 4K pages, 13 bits). Every table is aligned to its own size.
+//! table is 256 B (Power radix 64K leaf tables, 5 bits) to 64 KiB (a Power radix root, 13 bits); a
+//! root may be up to 1 MiB (16 concatenated arm64 64K tables, 17 bits). Every table is aligned to
+//! its own size.
 
 use crate::addr::Level;
 use crate::error::Error;
@@ -43,7 +44,7 @@ impl Geometry {
     ///
     /// # Errors
     /// [`Error::InvalidGeometry`] when the levels are not 1..=5, a level's index width is not 5..=13
-    /// bits (256 B .. 64 KiB tables), the page is smaller than 256 bytes, the leaf levels are not
+    /// bits (256 B .. 64 KiB tables; up to 17 bits, 1 MiB, for the root), the page is smaller than 256 bytes, the leaf levels are not
     /// contiguous from level 0, a leaf level does not exist, `ia_bits` exceeds the root's span or 60 bits, or `oa_bits` is
     /// outside `page_shift..=60`.
     pub const fn new(
@@ -62,7 +63,9 @@ impl Geometry {
         let mut s = page_shift as u32;
         let mut i = 0;
         while i < levels {
-            if bits[i] < 5 || bits[i] > 13 {
+            // A root may be wider (concatenated arm64 roots: up to 16 tables of 64 KiB).
+            let max = if i == levels - 1 { 17 } else { 13 };
+            if bits[i] < 5 || bits[i] > max {
                 return Err(Error::InvalidGeometry);
             }
             shift[i] = s as u8;

@@ -57,8 +57,13 @@ pub enum TlbFlush {
         start: Gpa,
         /// Size in bytes.
         size: u64,
-        /// The level of every entry changed, when they were all at one level (arm64 TTL hint).
+        /// The level of every cached translation that may be affected, when they are all leaves of
+        /// one level (arm64 TTL hint, Power AP); `None` when mixed or when table entries changed.
         level: Option<Level>,
+        /// A table entry was removed or replaced: paging-structure (walk) caches must be
+        /// invalidated too (Power RIC=1/2; x86 INVEPT and arm64 TLBI IPAS2E1IS without a TTL hint
+        /// do it anyway).
+        tables: bool,
     },
     /// Invalidate everything cached for this table's VM.
     All,
@@ -77,7 +82,8 @@ pub enum TlbFlush {
 /// - `flush_tlb` returns only once the invalidation is complete for every agent that may use the
 ///   table (every vCPU of the VM, every IOMMU sharing it).
 pub unsafe trait Host {
-    /// Allocates a table of `size` bytes (a power of two from 256 to 65536) aligned to `size`.
+    /// Allocates a table of `size` bytes (a power of two from 256 B; up to 64 KiB, or up to 1 MiB
+    /// for a concatenated arm64 root) aligned to `size`.
     /// Its contents are unspecified: the engine fills it.
     fn alloc_table(&self, size: usize) -> Option<Hpa>;
 

@@ -34,6 +34,11 @@ impl TableCache {
         }
     }
 
+    /// Tables held, by level.
+    pub(crate) fn lens(&self) -> [u32; MAX_LEVELS] {
+        self.len
+    }
+
     /// Total bytes held.
     pub(crate) fn bytes(&self, geo: &Geometry) -> usize {
         (0..geo.levels() as usize)

@@ -244,6 +244,40 @@ impl<F: PteFormat, H: Host> Table<F, H> {
         self.cache.trim_to(&self.host, &geo, &self.keep);
     }
 
+    /// The level of the leaf mapping `gpa`, if any (one walk from the root).
+    fn leaf_level_at(&self, gpa: u64) -> Option<Level> {
+        let mut it = self.iter(gpa, gpa, Level::LEAF);
+        while it.valid() && it.visit() == Visit::TablePre {
+            it.next();
+        }
+        (it.valid() && it.visit() == Visit::Leaf && it.kind() == EntryKind::Leaf)
+            .then(|| it.level())
+    }
+
+    /// The tables needed to split the huge leaves that the edges of `[start, last]` cut: a leaf
+    /// at level `k` around an edge not aligned to its size is split level by level until the
+    /// edge is aligned; both edges inside one leaf share its first split.
+    fn edge_need(&self, start: u64, last: u64) -> [u64; MAX_LEVELS] {
+        let geo = self.geometry();
+        let mut need = [0u64; MAX_LEVELS];
+        let end = last + 1;
+        let at_start = self.leaf_level_at(start);
+        let at_end = if end >> geo.ia_bits() == 0 {
+            self.leaf_level_at(end)
+        } else {
+            None
+        };
+        for l in 1..geo.levels() as usize {
+            let level = Level::from_index(l);
+            let mask = geo.level_size(level) - 1;
+            let cut_start = at_start.is_some_and(|k| k >= level) && start & mask != 0;
+            let cut_end = at_end.is_some_and(|k| k >= level) && end & mask != 0;
+            let shared = cut_start && cut_end && start & !mask == last & !mask;
+            need[l - 1] = u64::from(cut_start) + u64::from(cut_end) - u64::from(shared);
+        }
+        need
+    }
+
     // --- map --------------------------------------------------------------------------------
 
     /// Maps `range` to the host range starting at `hpa` with `attrs`, using the largest leaves
@@ -305,6 +339,7 @@ impl<F: PteFormat, H: Host> Table<F, H> {
                 && level <= max_level
                 && (hpa.raw() ^ start) & (geo.level_size(level) - 1) == 0;
         }
+        let cached_before = self.cache.lens();
         self.reserve(&map_bound(&geo, start, last, &leaf_ok))?;
 
         let mut op = Op::new();
@@ -315,6 +350,9 @@ impl<F: PteFormat, H: Host> Table<F, H> {
                 self.zap_walk(start, at - 1, &mut op);
             }
             self.finish(op);
+            // Give back what this call reserved, so the host sees the memory it saw before.
+            let keep = core::array::from_fn(|l| cached_before[l].min(self.keep[l]));
+            self.cache.trim_to(&self.host, &geo, &keep);
             return Err(Error::AlreadyMapped { gpa: Gpa::new(at) });
         }
         self.finish(op);
@@ -388,8 +426,7 @@ impl<F: PteFormat, H: Host> Table<F, H> {
     /// by the range cannot be split (nothing is changed).
     pub fn unmap(&mut self, range: GpaRange) -> Result<(), Error> {
         let (start, last) = self.check_range(range)?;
-        let geo = self.geometry();
-        self.reserve(&edge_bound(&geo, start, last))?;
+        self.reserve(&self.edge_need(start, last))?;
         let mut op = Op::new();
         self.zap_walk(start, last, &mut op);
         self.finish(op);
@@ -430,7 +467,7 @@ impl<F: PteFormat, H: Host> Table<F, H> {
                         let child_level = Level::from_index(level.index() - 1);
                         op.detached.push(&*host, child_level, child);
                         op.tables[child_level.index()] -= 1;
-                        op.flush_span(it.gpa(), it.geometry().level_size(level), level);
+                        op.flush_table_span(it.gpa(), it.geometry().level_size(level));
                     }
                 }
                 (Visit::TablePost, _) => {}
@@ -451,8 +488,7 @@ impl<F: PteFormat, H: Host> Table<F, H> {
     pub fn protect(&mut self, range: GpaRange, perms: crate::format::Perms) -> Result<(), Error> {
         let (start, last) = self.check_range(range)?;
         self.fmt.check_attrs(&Attrs::normal(perms))?;
-        let geo = self.geometry();
-        self.reserve(&edge_bound(&geo, start, last))?;
+        self.reserve(&self.edge_need(start, last))?;
         let mut op = Op::new();
         {
             let Table {
@@ -642,7 +678,7 @@ impl<F: PteFormat, H: Host> Table<F, H> {
                         op.tables[child_level.index()] -= 1;
                         op.leaves[child_level.index()] -= geo.entries(child_level) as i64;
                         op.leaves[level.index()] += 1;
-                        op.flush_span(it.gpa(), geo.level_size(level), level);
+                        op.flush_table_span(it.gpa(), geo.level_size(level));
                     }
                 }
                 it.next();
@@ -800,16 +836,6 @@ fn map_bound(
             0
         };
         need[l] = spans - covered;
-    }
-    need
-}
-
-/// Upper bound of the tables needed to split the huge leaves cut by the edges of `[start, last]`.
-fn edge_bound(geo: &Geometry, start: u64, last: u64) -> [u64; MAX_LEVELS] {
-    let mut need = [0u64; MAX_LEVELS];
-    for (l, n) in need.iter_mut().enumerate().take(geo.root_level().index()) {
-        let size = geo.level_size(Level::from_index(l + 1));
-        *n = u64::from(start & (size - 1) != 0) + u64::from((last + 1) & (size - 1) != 0);
     }
     need
 }

@@ -33,6 +33,7 @@ pub(crate) struct Op {
     lo: u64,
     hi: u64,
     level: u8,
+    walk_caches: bool,
     pub(crate) detached: Detached,
     pub(crate) leaves: [i64; MAX_LEVELS],
     pub(crate) tables: [i64; MAX_LEVELS],
@@ -44,6 +45,7 @@ impl Op {
             lo: u64::MAX,
             hi: 0,
             level: NO_LEVEL,
+            walk_caches: false,
             detached: Detached::new(),
             leaves: [0; MAX_LEVELS],
             tables: [0; MAX_LEVELS],
@@ -62,6 +64,16 @@ impl Op {
         };
     }
 
+    /// Records that a table entry for `[gpa, gpa + size)` was removed or replaced: whatever was
+    /// cached below it (leaves of any level, walk-cache entries) must be flushed.
+    #[inline]
+    pub(crate) fn flush_table_span(&mut self, gpa: u64, size: u64) {
+        self.lo = self.lo.min(gpa);
+        self.hi = self.hi.max(gpa + size);
+        self.level = MIXED_LEVELS;
+        self.walk_caches = true;
+    }
+
     /// The one range-coalesced flush this operation needs, if any.
     pub(crate) fn flush(&self) -> Option<TlbFlush> {
         if self.level == NO_LEVEL {
@@ -71,6 +83,7 @@ impl Op {
             start: Gpa::new(self.lo),
             size: self.hi - self.lo,
             level: Level::new(self.level),
+            tables: self.walk_caches,
         })
     }
 }
@@ -119,10 +132,12 @@ pub(crate) fn try_set_entry<F: PteFormat, H: Host>(
             ptr.store(empty, order);
         }
         let size = it.geometry().level_size(level);
+        let was_table = it.kind() == EntryKind::Table;
         it.host.flush_tlb(TlbFlush::Range {
             start: Gpa::new(it.gpa()),
             size,
-            level: Some(level),
+            level: (!was_table).then_some(level),
+            tables: was_table,
         });
         ptr.store(new, order);
     } else if volatile {
