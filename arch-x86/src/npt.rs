@@ -200,9 +200,14 @@ impl PteFormat for Npt {
     fn check_attrs(&self, attrs: &Attrs) -> Result<(), Error> {
         let p = attrs.perms;
         let exec = p & Perms::EXEC;
-        let ok = !(p.intersects(Perms::WRITE | Perms::EXEC) && !p.contains(Perms::READ))
-            && (exec.is_empty() || exec == Perms::EXEC)
-            && (self.opts.nx || exec == Perms::EXEC || p.is_empty())
+        // Presence is read: write or execute need it. Execute is one bit (no split), and without
+        // EFER.NXE every present leaf is executable.
+        let needs_read = p.contains(Perms::READ) || !p.intersects(Perms::WRITE | Perms::EXEC);
+        let one_exec = exec.is_empty() || exec == Perms::EXEC;
+        let nx_ok = self.opts.nx || exec == Perms::EXEC || p.is_empty();
+        let ok = needs_read
+            && one_exec
+            && nx_ok
             && !attrs.ignore_guest_memtype
             && self.pat_index(attrs.mem).is_some();
         if ok {

@@ -1,1 +1,1 @@
-//! Benchmarks (filled by the benchmarks issue).
+//! Criterion benchmarks of the explicit API (see `benches/explicit.rs`); the floor and the Rust peers come with the benchmarks issue.

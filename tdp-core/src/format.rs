@@ -229,3 +229,26 @@ pub trait PteFormat {
         false
     }
 }
+
+impl core::fmt::Display for Perms {
+    /// `rwx`-style: `r`, `w`, then `x` for execute at every level, `s`/`u` for privileged-only or
+    /// user-only execute, `-` for each missing one.
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let r = if self.contains(Perms::READ) { 'r' } else { '-' };
+        let w = if self.contains(Perms::WRITE) {
+            'w'
+        } else {
+            '-'
+        };
+        let x = match (
+            self.contains(Perms::EXEC_SUPER),
+            self.contains(Perms::EXEC_USER),
+        ) {
+            (true, true) => 'x',
+            (true, false) => 's',
+            (false, true) => 'u',
+            (false, false) => '-',
+        };
+        write!(f, "{r}{w}{x}")
+    }
+}

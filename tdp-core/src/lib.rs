@@ -31,6 +31,8 @@
 //! # }
 //! ```
 #![no_std]
+// Level loops index several per-level arrays at once; `for l in 0..levels` reads best.
+#![allow(clippy::needless_range_loop)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[cfg(feature = "alloc")]
