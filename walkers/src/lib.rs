@@ -25,6 +25,9 @@
 //! Unlike the engine, this crate uses `std`: it is test support, not code
 //! that runs in a hypervisor.
 
+// Each walker's errors are its fault type, documented variant by variant.
+#![allow(clippy::missing_errors_doc)]
+
 use std::ops::Range;
 
 pub mod ept;

@@ -32,8 +32,12 @@ pub struct TestFormat {
 impl TestFormat {
     /// Four levels, 48-bit input, 52-bit output, leaves at 4K/2M/1G.
     pub fn four_level() -> TestFormat {
+        const GEO: Geometry = match Geometry::new(12, &[9, 9, 9, 9], 0b111, 48, 52) {
+            Ok(g) => g,
+            Err(_) => panic!("invalid test geometry"),
+        };
         TestFormat {
-            geo: Geometry::new(12, &[9, 9, 9, 9], 0b111, 48, 52).expect("valid geometry"),
+            geo: GEO,
             hardware_ad: false,
             break_before_make: false,
         }

@@ -40,7 +40,10 @@ impl Model {
         self.spans.range(start..end).next().map(|(&s, _)| s)
     }
 
-    /// Maps `[start, start + size)` to `hpa`; `Err(first mapped address)` if any of it is mapped.
+    /// Maps `[start, start + size)` to `hpa`.
+    ///
+    /// # Errors
+    /// The first mapped address, if any of the range is mapped (the model is then unchanged).
     pub fn map(&mut self, start: u64, size: u64, hpa: u64, attrs: Attrs) -> Result<(), u64> {
         if let Some(a) = self.first_mapped(start, size) {
             return Err(a);
