@@ -38,6 +38,19 @@ bitflags! {
     }
 }
 
+bitflags! {
+    /// Cache maintenance a leaf needs before it becomes valid or executable (arm64 without FWB).
+    #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Default)]
+    pub struct Cmo: u8 {
+        /// Clean and invalidate the data cache to the point of coherency for the host range
+        /// before the leaf becomes valid (cacheable memory without FWB).
+        const CLEAN_DCACHE = 1 << 0;
+        /// Invalidate the instruction cache for the host range before the leaf becomes
+        /// executable.
+        const INVAL_ICACHE = 1 << 1;
+    }
+}
+
 /// Memory type of a mapping, as far as stage 2 controls it.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Default)]
 pub enum MemType {
@@ -220,6 +233,14 @@ pub trait PteFormat {
     #[inline]
     fn needs_break(&self, _old: u64, _new: u64, _level: Level) -> bool {
         false
+    }
+
+    /// The cache maintenance a leaf with `attrs` needs before it becomes valid
+    /// ([`Cmo::CLEAN_DCACHE`]) or executable ([`Cmo::INVAL_ICACHE`]). Default: none (coherent
+    /// architectures, arm64 with FWB and DIC).
+    #[inline]
+    fn cmo(&self, _attrs: &Attrs) -> Cmo {
+        Cmo::empty()
     }
 
     /// Whether hardware may cache an empty entry, so that installing a leaf over an empty entry

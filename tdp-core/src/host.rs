@@ -102,6 +102,22 @@ pub unsafe trait Host {
 
     /// Invalidates cached translations; see [`TlbFlush`].
     fn flush_tlb(&self, flush: TlbFlush);
+
+    /// Cleans and invalidates the data cache to the point of coherency for the host range
+    /// `[hpa, hpa + size)` (arm64 `DC CIVAC` by line), so that a guest running with its caches
+    /// off sees what the host wrote. Called once per contiguous range, before any entry mapping
+    /// it becomes valid, when the format asks for [`crate::format::Cmo::CLEAN_DCACHE`].
+    /// Default: nothing (coherent hosts).
+    fn clean_dcache(&self, hpa: Hpa, size: u64) {
+        let _ = (hpa, size);
+    }
+
+    /// Invalidates the instruction cache for the host range `[hpa, hpa + size)` (arm64
+    /// `IC IVAU` by line, or `IC IALLUIS`), before any entry mapping it becomes executable, when
+    /// the format asks for [`crate::format::Cmo::INVAL_ICACHE`]. Default: nothing.
+    fn invalidate_icache(&self, hpa: Hpa, size: u64) {
+        let _ = (hpa, size);
+    }
 }
 
 // SAFETY: forwarding every method to `H`, which upholds the contract.
@@ -126,5 +142,13 @@ unsafe impl<H: Host + ?Sized> Host for &H {
     #[inline]
     fn flush_tlb(&self, flush: TlbFlush) {
         (**self).flush_tlb(flush)
+    }
+    #[inline]
+    fn clean_dcache(&self, hpa: Hpa, size: u64) {
+        (**self).clean_dcache(hpa, size)
+    }
+    #[inline]
+    fn invalidate_icache(&self, hpa: Hpa, size: u64) {
+        (**self).invalidate_icache(hpa, size)
     }
 }

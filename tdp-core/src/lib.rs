@@ -56,7 +56,7 @@ pub mod testing;
 
 pub use addr::{Gpa, GpaRange, Hpa, Level};
 pub use error::Error;
-pub use format::{AdModel, AdState, Attrs, ByteOrder, EntryKind, MemType, Perms, PteFormat};
+pub use format::{AdModel, AdState, Attrs, ByteOrder, Cmo, EntryKind, MemType, Perms, PteFormat};
 pub use geometry::{Geometry, ENTRY_SIZE, MAX_LEVELS};
 pub use host::{Host, TableMeta, TlbFlush};
 pub use iter::Visit;

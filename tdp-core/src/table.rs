@@ -10,7 +10,7 @@ use core::ops::ControlFlow;
 
 use crate::addr::{Gpa, GpaRange, Hpa, Level};
 use crate::error::Error;
-use crate::format::{AdState, Attrs, EntryKind, PteFormat};
+use crate::format::{AdState, Attrs, Cmo, EntryKind, Perms, PteFormat};
 use crate::geometry::{Geometry, MAX_LEVELS};
 use crate::host::{Host, TableMeta, TlbFlush};
 use crate::iter::{Iter, Visit};
@@ -342,6 +342,15 @@ impl<F: PteFormat, H: Host> Table<F, H> {
         let cached_before = self.cache.lens();
         self.reserve(&map_bound(&geo, start, last, &leaf_ok))?;
 
+        // Cache maintenance for the whole host range, once, before any entry becomes valid.
+        let cmo = self.fmt.cmo(&attrs);
+        if cmo.contains(Cmo::CLEAN_DCACHE) {
+            self.host.clean_dcache(hpa, range.size());
+        }
+        if cmo.contains(Cmo::INVAL_ICACHE) {
+            self.host.invalidate_icache(hpa, range.size());
+        }
+
         let mut op = Op::new();
         let conflict = self.map_walk(start, last, hpa.raw(), &attrs, &leaf_ok, opts, &mut op);
         if let Err(at) = conflict {
@@ -485,10 +494,13 @@ impl<F: PteFormat, H: Host> Table<F, H> {
     /// # Errors
     /// [`Error::UnalignedGpa`], [`Error::GpaTooWide`], [`Error::UnsupportedAttrs`] (checked with
     /// write-back memory), [`Error::OutOfMemory`] for a split (nothing is changed).
-    pub fn protect(&mut self, range: GpaRange, perms: crate::format::Perms) -> Result<(), Error> {
+    pub fn protect(&mut self, range: GpaRange, perms: Perms) -> Result<(), Error> {
         let (start, last) = self.check_range(range)?;
         self.fmt.check_attrs(&Attrs::normal(perms))?;
         self.reserve(&self.edge_need(start, last))?;
+        if perms.intersects(Perms::EXEC) {
+            self.icache_before_exec(start, last, perms);
+        }
         let mut op = Op::new();
         {
             let Table {
@@ -520,6 +532,39 @@ impl<F: PteFormat, H: Host> Table<F, H> {
         }
         self.finish(op);
         Ok(())
+    }
+
+    /// Invalidates the instruction cache for the host memory of every leaf in `[start, last]`
+    /// that `perms` makes executable, one call per contiguous host run, before any entry changes.
+    fn icache_before_exec(&self, start: u64, last: u64, perms: Perms) {
+        let mut run: Option<(u64, u64)> = None;
+        let mut it = self.iter(start, last, Level::LEAF);
+        while it.valid() {
+            if it.visit() == Visit::Leaf && it.kind() == EntryKind::Leaf {
+                let level = it.level();
+                let attrs = self.fmt.leaf_attrs(it.old(), level);
+                let gains = perms & Perms::EXEC & !attrs.perms;
+                let new = Attrs { perms, ..attrs };
+                if !gains.is_empty() && self.fmt.cmo(&new).contains(Cmo::INVAL_ICACHE) {
+                    let size = it.geometry().level_size(level);
+                    let a = it.gpa().max(start);
+                    let b = (it.gpa() + (size - 1)).min(last);
+                    let hpa = self.fmt.leaf_addr(it.old(), level).raw() + (a - it.gpa());
+                    run = match run {
+                        Some((s, e)) if e == hpa => Some((s, hpa + (b - a + 1))),
+                        Some((s, e)) => {
+                            self.host.invalidate_icache(Hpa::new(s), e - s);
+                            Some((hpa, hpa + (b - a + 1)))
+                        }
+                        None => Some((hpa, hpa + (b - a + 1))),
+                    };
+                }
+            }
+            it.next();
+        }
+        if let Some((s, e)) = run {
+            self.host.invalidate_icache(Hpa::new(s), e - s);
+        }
     }
 
     // --- query and walk ---------------------------------------------------------------------

@@ -2,7 +2,9 @@
 
 use crate::addr::{Hpa, Level};
 use crate::error::Error;
-use crate::format::{AdModel, AdState, Attrs, ByteOrder, EntryKind, MemType, Perms, PteFormat};
+use crate::format::{
+    AdModel, AdState, Attrs, ByteOrder, Cmo, EntryKind, MemType, Perms, PteFormat,
+};
 use crate::geometry::Geometry;
 
 // Bits of the test format (not any architecture's).
@@ -27,6 +29,9 @@ pub struct TestFormat {
     /// Every replacement of a valid entry (other than a permission change) needs
     /// break-before-make.
     pub break_before_make: bool,
+    /// Cacheable leaves need a data-cache clean, executable ones an instruction-cache
+    /// invalidation (like arm64 without FWB).
+    pub cache_maintenance: bool,
 }
 
 impl TestFormat {
@@ -40,6 +45,7 @@ impl TestFormat {
             geo: GEO,
             hardware_ad: false,
             break_before_make: false,
+            cache_maintenance: false,
         }
     }
 
@@ -49,6 +55,7 @@ impl TestFormat {
             geo,
             hardware_ad: false,
             break_before_make: false,
+            cache_maintenance: false,
         }
     }
 }
@@ -209,6 +216,19 @@ impl PteFormat for TestFormat {
             v |= !raw & DIRTY;
         }
         v
+    }
+
+    fn cmo(&self, attrs: &Attrs) -> Cmo {
+        let mut c = Cmo::empty();
+        if self.cache_maintenance {
+            if attrs.mem == MemType::WriteBack {
+                c |= Cmo::CLEAN_DCACHE;
+            }
+            if attrs.perms.intersects(Perms::EXEC) {
+                c |= Cmo::INVAL_ICACHE;
+            }
+        }
+        c
     }
 
     fn needs_break(&self, old: u64, new: u64, _level: Level) -> bool {

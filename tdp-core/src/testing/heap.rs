@@ -19,6 +19,10 @@ pub enum HostEvent {
     Free(Hpa, usize),
     /// A TLB flush.
     Flush(TlbFlush),
+    /// A data-cache clean+invalidate of a host range.
+    CleanDcache(Hpa, u64),
+    /// An instruction-cache invalidation of a host range.
+    InvalidateIcache(Hpa, u64),
 }
 
 #[derive(Debug, Default)]
@@ -147,6 +151,13 @@ impl HeapHost {
             word.store(u64::from_ne_bytes(w), Ordering::Relaxed);
         }
         true
+    }
+
+    fn record(&self, e: HostEvent) {
+        let mut s = self.state.borrow_mut();
+        if s.record {
+            s.events.push(e);
+        }
     }
 
     fn offset(&self, pa: u64, len: usize) -> Option<u64> {
@@ -282,9 +293,14 @@ unsafe impl Host for HeapHost {
     }
 
     fn flush_tlb(&self, flush: TlbFlush) {
-        let mut s = self.state.borrow_mut();
-        if s.record {
-            s.events.push(HostEvent::Flush(flush));
-        }
+        self.record(HostEvent::Flush(flush));
+    }
+
+    fn clean_dcache(&self, hpa: Hpa, size: u64) {
+        self.record(HostEvent::CleanDcache(hpa, size));
+    }
+
+    fn invalidate_icache(&self, hpa: Hpa, size: u64) {
+        self.record(HostEvent::InvalidateIcache(hpa, size));
     }
 }
