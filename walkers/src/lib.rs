@@ -16,6 +16,12 @@
 //!   older ones).
 //! * [`npt`] — AMD nested paging (AMD APM Vol. 2 §15.25 "Nested Paging",
 //!   with the long-mode entry formats of §5.3/§5.4).
+//! * [`stage2`] — Arm VMSAv8-64 stage 2 (Arm ARM, "The AArch64 Virtual Memory System
+//!   Architecture": stage 2 translation, VTCR_EL2, FEAT_LPA/LPA2/XNX/HAFDBS/S2FWB).
+//! * [`gstage`] — RISC-V G-stage (Privileged Architecture, Hypervisor extension, "Two-Stage
+//!   Address Translation").
+//! * [`radix`] — Power Book3S-64 radix, partition scoped (big-endian entries).
+//! * [`loongarch`], [`mips`] — placeholders until their architecture issue.
 //!
 //! Both walkers read the tables through the [`PhysMem`] trait; [`FlatImage`]
 //! is a ready-made implementation backed by a `Vec<u8>`. The walkers never
