@@ -243,6 +243,14 @@ pub trait PteFormat {
         Cmo::empty()
     }
 
+    /// Whether `check_attrs` depends on the memory type (arm64: device memory cannot be
+    /// executable), so that `protect` must check every leaf's attributes before changing any.
+    /// Default: no (the permissions alone decide).
+    #[inline]
+    fn perms_depend_on_memtype(&self) -> bool {
+        false
+    }
+
     /// Whether hardware may cache an empty entry, so that installing a leaf over an empty entry
     /// also needs a TLB flush (RISC-V without Svvptc). Default: no.
     #[inline]

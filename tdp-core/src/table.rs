@@ -493,10 +493,14 @@ impl<F: PteFormat, H: Host> Table<F, H> {
     ///
     /// # Errors
     /// [`Error::UnalignedGpa`], [`Error::GpaTooWide`], [`Error::UnsupportedAttrs`] (checked with
-    /// write-back memory), [`Error::OutOfMemory`] for a split (nothing is changed).
+    /// write-back memory, and with each leaf's memory type where the format says permissions
+    /// depend on it), [`Error::OutOfMemory`] for a split (nothing is changed in any case).
     pub fn protect(&mut self, range: GpaRange, perms: Perms) -> Result<(), Error> {
         let (start, last) = self.check_range(range)?;
         self.fmt.check_attrs(&Attrs::normal(perms))?;
+        if self.fmt.perms_depend_on_memtype() {
+            self.check_leaf_attrs(start, last, perms)?;
+        }
         self.reserve(&self.edge_need(start, last))?;
         if perms.intersects(Perms::EXEC) {
             self.icache_before_exec(start, last, perms);
@@ -531,6 +535,19 @@ impl<F: PteFormat, H: Host> Table<F, H> {
             }
         }
         self.finish(op);
+        Ok(())
+    }
+
+    /// Checks that every leaf in `[start, last]` can take `perms` with its memory type.
+    fn check_leaf_attrs(&self, start: u64, last: u64, perms: Perms) -> Result<(), Error> {
+        let mut it = self.iter(start, last, Level::LEAF);
+        while it.valid() {
+            if it.visit() == Visit::Leaf && it.kind() == EntryKind::Leaf {
+                let attrs = self.fmt.leaf_attrs(it.old(), it.level());
+                self.fmt.check_attrs(&Attrs { perms, ..attrs })?;
+            }
+            it.next();
+        }
         Ok(())
     }
 
