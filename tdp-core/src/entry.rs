@@ -54,6 +54,16 @@ impl EntryPtr {
         EntryPtr(unsafe { self.0.add(1) })
     }
 
+    /// The entry `n` slots after this one.
+    ///
+    /// # Safety
+    /// The slot must be inside the same table page.
+    #[inline(always)]
+    pub(crate) unsafe fn offset(self, n: usize) -> EntryPtr {
+        // SAFETY: the caller guarantees the slot is inside the same table page.
+        EntryPtr(unsafe { self.0.add(n) })
+    }
+
     #[inline(always)]
     fn atomic(&self) -> &AtomicU64 {
         // SAFETY: `EntryPtr::new` required a live, aligned table page that is only accessed

@@ -39,7 +39,6 @@ pub(crate) struct Iter<'a, F: PteFormat, H: Host> {
     min_level: Level,
     tables: [NonNull<u8>; MAX_LEVELS],
     table_pa: [Hpa; MAX_LEVELS],
-    metas: [NonNull<TableMeta>; MAX_LEVELS],
     level: Level,
     gpa: u64,
     target: u64,
@@ -78,7 +77,6 @@ impl<'a, F: PteFormat, H: Host> Iter<'a, F, H> {
             min_level,
             tables: [virt; MAX_LEVELS],
             table_pa: [root; MAX_LEVELS],
-            metas: [host.meta(root); MAX_LEVELS],
             level: root_level,
             gpa: start,
             target: start,
@@ -135,7 +133,6 @@ impl<'a, F: PteFormat, H: Host> Iter<'a, F, H> {
         let virt = self.host.phys_to_virt(child);
         self.tables[level.index()] = virt;
         self.table_pa[level.index()] = child;
-        self.metas[level.index()] = self.host.meta(child);
         self.level = level;
         self.gpa = self.target & !(self.geo.level_size(level) - 1);
         // SAFETY: `child` is a live table of this tree (constructor contract: the tree is built by
@@ -253,12 +250,57 @@ impl<'a, F: PteFormat, H: Host> Iter<'a, F, H> {
         self.ptr
     }
 
-    /// The metadata of the table holding the current entry.
+    /// The metadata of the table holding the current entry (looked up only when a count
+    /// changes).
     #[inline(always)]
     pub(crate) fn table_meta(&self) -> &TableMeta {
         // SAFETY: the host contract makes `meta` valid while the table is allocated, and tables on
         // the path are not freed while the iterator is in use.
-        unsafe { self.metas[self.level.index()].as_ref() }
+        unsafe { self.host.meta(self.table_pa[self.level.index()]).as_ref() }
+    }
+
+    /// The entry `n` slots after the current one, in the same table.
+    ///
+    /// # Safety
+    /// `n < self.run_len()` (the slot is inside the current table).
+    #[inline(always)]
+    pub(crate) unsafe fn ptr_at(&self, n: usize) -> EntryPtr {
+        let idx = self.geo.index(self.gpa, self.level) + n;
+        debug_assert!(idx < self.geo.entries(self.level));
+        // SAFETY: `idx` is below the entry count of the current (live) table (caller contract).
+        unsafe { EntryPtr::new(self.tables[self.level.index()], idx) }
+    }
+
+    /// How many entries, from the current one on, lie wholly within the range and the current
+    /// table: a run an operation may process in a tight loop.
+    #[inline(always)]
+    pub(crate) fn run_len(&self) -> usize {
+        let level = self.level;
+        let in_table = self.geo.entries(level) - self.geo.index(self.gpa, level);
+        let shift = self.geo.shift(level);
+        // Entries wholly inside: `last + 1` fits, as addresses are below 2^60.
+        let in_range = (self.last + 1).saturating_sub(self.gpa) >> shift;
+        in_table.min(in_range as usize)
+    }
+
+    /// Moves `n` entries ahead in the same table (`n` < `run_len()`) and takes a new snapshot.
+    #[inline(always)]
+    pub(crate) fn skip(&mut self, n: usize) {
+        debug_assert!(n < self.run_len().max(1));
+        self.gpa += (n as u64) << self.geo.shift(self.level);
+        self.target = self.gpa;
+        // SAFETY: `n` is within the current table (caller contract, checked in debug builds).
+        self.ptr = unsafe { self.ptr.offset(n) };
+        self.read();
+    }
+
+    /// Makes the next step go sideways or up, not into the table the current entry points at:
+    /// the caller dealt with that whole table itself.
+    #[inline(always)]
+    pub(crate) fn skip_children(&mut self) {
+        if self.visit == Visit::TablePre {
+            self.visit = Visit::Leaf;
+        }
     }
 
     /// Records that the current entry now holds `new` (after the caller wrote it). A table entry

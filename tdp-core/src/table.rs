@@ -15,7 +15,7 @@ use crate::geometry::{Geometry, MAX_LEVELS};
 use crate::host::{Host, TableMeta, TlbFlush};
 use crate::iter::{Iter, Visit};
 use crate::pool::TableCache;
-use crate::update::{fill_table, set_entry, update_entry, Op};
+use crate::update::{adjust_count, fill_table, set_entry, update_at, write_leaves, Op};
 
 /// Options of [`Table::map_with`].
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -394,14 +394,35 @@ impl<F: PteFormat, H: Host> Table<F, H> {
                 let level = it.level();
                 match it.kind() {
                     EntryKind::Empty => {
+                        let size = it.geometry().level_size(level);
                         if leaf_ok[level.index()] && it.span_in_range(start) {
-                            let out = Hpa::new(hpa + (it.gpa() - start));
-                            let leaf = fmt.make_leaf(out, level, attrs, opts.young_dirty);
-                            set_entry(&mut it, op, leaf);
-                            op.leaves[level.index()] += 1;
-                            if caches_empty {
-                                op.flush_span(it.gpa(), it.geometry().level_size(level), level);
+                            // A run of empty slots takes consecutive leaves in one tight loop.
+                            let empty = fmt.empty(level);
+                            let run = it.run_len();
+                            let mut n = 0;
+                            // SAFETY: `n < run`: inside the current table.
+                            while n < run && unsafe { it.ptr_at(n) }.load(F::BYTE_ORDER) == empty {
+                                n += 1;
                             }
+                            let out = hpa + (it.gpa() - start);
+                            // SAFETY: the `n` slots are empty slots of the current table.
+                            unsafe {
+                                write_leaves(
+                                    &*fmt,
+                                    it.ptr(),
+                                    n,
+                                    level,
+                                    out,
+                                    attrs,
+                                    opts.young_dirty,
+                                )
+                            };
+                            adjust_count(&it, n as i64);
+                            op.leaves[level.index()] += n as i64;
+                            if caches_empty {
+                                op.flush_span(it.gpa(), n as u64 * size, level);
+                            }
+                            it.skip(n.saturating_sub(1));
                         } else {
                             // Level 0 always takes a leaf, so `level` is above it here.
                             let child_level = Level::from_index(level.index() - 1);
@@ -410,9 +431,39 @@ impl<F: PteFormat, H: Host> Table<F, H> {
                             let Some(child) = child else {
                                 return Err(it.gpa().max(start));
                             };
-                            // SAFETY: `child` is a reserved table of `child_level`'s size.
-                            unsafe { fill_table(&*fmt, &*host, child, child_level) };
-                            set_entry(&mut it, op, fmt.make_table(child, level));
+                            if leaf_ok[child_level.index()] && it.span_in_range(start) {
+                                // The whole child table maps leaves: write them before linking it,
+                                // and do not walk them again.
+                                let entries = it.geometry().entries(child_level);
+                                let virt = host.phys_to_virt(child);
+                                let out = hpa + (it.gpa() - start);
+                                // SAFETY: `child` is a reserved table of `child_level`'s size,
+                                // not yet reachable by any walker.
+                                unsafe {
+                                    write_leaves(
+                                        &*fmt,
+                                        crate::entry::EntryPtr::new(virt, 0),
+                                        entries,
+                                        child_level,
+                                        out,
+                                        attrs,
+                                        opts.young_dirty,
+                                    );
+                                    host.meta(child).as_ref()
+                                }
+                                .count
+                                .store(entries as u32, core::sync::atomic::Ordering::Relaxed);
+                                set_entry(&mut it, op, fmt.make_table(child, level));
+                                it.skip_children();
+                                op.leaves[child_level.index()] += entries as i64;
+                                if caches_empty {
+                                    op.flush_span(it.gpa(), size, child_level);
+                                }
+                            } else {
+                                // SAFETY: `child` is a reserved table of `child_level`'s size.
+                                unsafe { fill_table(&*fmt, &*host, child, child_level) };
+                                set_entry(&mut it, op, fmt.make_table(child, level));
+                            }
                             op.tables[child_level.index()] += 1;
                         }
                     }
@@ -455,14 +506,46 @@ impl<F: PteFormat, H: Host> Table<F, H> {
         while it.valid() {
             let level = it.level();
             match (it.visit(), it.kind()) {
-                (Visit::Leaf, EntryKind::Empty) | (Visit::TablePre, _) => {}
+                (Visit::Leaf, EntryKind::Empty) => {}
+                (Visit::TablePre, _) => {
+                    // A table of leaves wholly inside the range goes at once: its count is its
+                    // number of leaves, and nothing needs their state.
+                    if level.get() == 1 && it.span_in_range(start) {
+                        let child = fmt.table_addr(it.old(), level);
+                        // SAFETY: `child` is a live table of this tree (Host contract for `meta`).
+                        let leaves = unsafe { host.meta(child).as_ref() }.count();
+                        set_entry(&mut it, op, fmt.empty(level));
+                        op.detached.push(&*host, Level::LEAF, child);
+                        op.tables[0] -= 1;
+                        op.leaves[0] -= i64::from(leaves);
+                        op.flush_table_span(it.gpa(), it.geometry().level_size(level));
+                    }
+                }
                 (Visit::Leaf, kind) => {
                     if it.span_in_range(start) {
-                        set_entry(&mut it, op, fmt.empty(level));
-                        if kind == EntryKind::Leaf {
-                            op.leaves[level.index()] -= 1;
+                        // Zap the run of leaves (and empty slots) from here, up to a table.
+                        let empty = fmt.empty(level);
+                        let run = it.run_len();
+                        let (mut n, mut zapped, mut leaves) = (0, 0i64, 0i64);
+                        while n < run {
+                            // SAFETY: `n < run`: inside the current table.
+                            let p = unsafe { it.ptr_at(n) };
+                            let cur = p.load(F::BYTE_ORDER);
+                            if cur != empty {
+                                match fmt.classify(cur, level) {
+                                    EntryKind::Table => break,
+                                    k => leaves += i64::from(k == EntryKind::Leaf),
+                                }
+                                p.store(empty, F::BYTE_ORDER);
+                                zapped += 1;
+                            }
+                            n += 1;
                         }
-                        op.flush_span(it.gpa(), it.geometry().level_size(level), level);
+                        adjust_count(&it, -zapped);
+                        op.leaves[level.index()] -= leaves;
+                        let size = it.geometry().level_size(level);
+                        op.flush_span(it.gpa(), n as u64 * size, level);
+                        it.skip(n.saturating_sub(1));
                     } else if kind == EntryKind::Leaf {
                         split_here(&mut it, op, cache);
                     }
@@ -516,16 +599,58 @@ impl<F: PteFormat, H: Host> Table<F, H> {
             } = self;
             // SAFETY: as in `Table::iter`.
             let mut it = unsafe { Iter::new(&*fmt, &*host, *root, start, last, Level::LEAF) };
+            // The decision for the last attribute key seen: (key, changes, removes permission).
+            let mut last_key: Option<(u64, bool, bool)> = None;
             while it.valid() {
                 if it.visit() == Visit::Leaf && it.kind() == EntryKind::Leaf {
                     let level = it.level();
                     if it.span_in_range(start) {
-                        let old_perms = fmt.leaf_attrs(it.old(), level).perms;
-                        if old_perms != perms {
-                            update_entry(&mut it, |cur| fmt.with_perms(cur, level, perms));
-                            if !perms.contains(old_perms) {
-                                op.flush_span(it.gpa(), it.geometry().level_size(level), level);
+                        // The run of leaves (and empty slots) from here, up to a table.
+                        let run = it.run_len();
+                        let size = it.geometry().level_size(level);
+                        let (mut n, mut lo, mut hi) = (0, usize::MAX, 0);
+                        while n < run {
+                            // SAFETY: `n < run`: inside the current table.
+                            let p = unsafe { it.ptr_at(n) };
+                            let cur = p.load(F::BYTE_ORDER);
+                            match fmt.classify(cur, level) {
+                                EntryKind::Leaf => {}
+                                EntryKind::Table => break,
+                                _ => {
+                                    n += 1;
+                                    continue;
+                                }
                             }
+                            let key = fmt.leaf_key(cur, level);
+                            let (changes, removes) = match last_key {
+                                Some((k, c, r)) if k == key => (c, r),
+                                _ => {
+                                    let old = fmt.leaf_attrs(cur, level).perms;
+                                    let d = (old != perms, !perms.contains(old));
+                                    last_key = Some((key, d.0, d.1));
+                                    d
+                                }
+                            };
+                            if changes {
+                                update_at(&*fmt, p, cur, level, |v| {
+                                    fmt.with_perms(v, level, perms)
+                                });
+                                if removes {
+                                    lo = lo.min(n);
+                                    hi = n + 1;
+                                }
+                            }
+                            n += 1;
+                        }
+                        if lo < hi {
+                            op.flush_span(
+                                it.gpa() + lo as u64 * size,
+                                (hi - lo) as u64 * size,
+                                level,
+                            );
+                        }
+                        if n > 0 {
+                            it.skip(n - 1);
                         }
                     } else {
                         split_here(&mut it, &mut op, cache);

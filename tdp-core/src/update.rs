@@ -105,6 +105,80 @@ pub(crate) unsafe fn fill_table<F: PteFormat, H: Host>(fmt: &F, host: &H, pa: Hp
         .store(0, Ordering::Relaxed);
 }
 
+/// Adds `delta` to the non-empty count of the table holding the current entry.
+#[inline]
+pub(crate) fn adjust_count<F: PteFormat, H: Host>(it: &Iter<'_, F, H>, delta: i64) {
+    if delta != 0 {
+        let count = &it.table_meta().count;
+        let c = count.load(Ordering::Relaxed);
+        count.store((i64::from(c) + delta) as u32, Ordering::Relaxed);
+    }
+}
+
+/// Changes the leaf at `ptr` (currently `cur`) in place to `f(cur)`, keeping any bit hardware
+/// sets meanwhile (retried compare-exchange for volatile entries). Never needs break-before-make:
+/// only permission, A/D and software bits may change this way.
+#[inline(always)]
+pub(crate) fn update_at<F: PteFormat>(
+    fmt: &F,
+    ptr: EntryPtr,
+    mut cur: u64,
+    level: Level,
+    f: impl Fn(u64) -> u64,
+) {
+    loop {
+        let new = f(cur);
+        debug_assert!(!fmt.needs_break(cur, new, level));
+        if fmt.volatile_bits(cur, level) == 0 {
+            ptr.store(new, F::BYTE_ORDER);
+            return;
+        }
+        match ptr.compare_exchange(cur, new, F::BYTE_ORDER) {
+            Ok(_) => return,
+            Err(now) => cur = now,
+        }
+    }
+}
+
+/// Writes `n` consecutive leaves at `level` mapping `hpa`, `hpa + size`, ... starting at `ptr`,
+/// into slots the caller knows are empty and that no walker can make non-empty meanwhile.
+/// Uses the leaf encoding's linearity (`leaf(i) = leaf(0) + i * step`) when it holds over the whole
+/// run, which is checked at its ends; else encodes each leaf.
+///
+/// # Safety
+/// The `n` slots from `ptr` are inside one live table.
+#[inline]
+pub(crate) unsafe fn write_leaves<F: PteFormat>(
+    fmt: &F,
+    ptr: EntryPtr,
+    n: usize,
+    level: Level,
+    hpa: u64,
+    attrs: &crate::format::Attrs,
+    young_dirty: bool,
+) {
+    let size = fmt.geometry().level_size(level);
+    let leaf0 = fmt.make_leaf(Hpa::new(hpa), level, attrs, young_dirty);
+    let step = if n > 1 {
+        fmt.make_leaf(Hpa::new(hpa + size), level, attrs, young_dirty)
+            .wrapping_sub(leaf0)
+    } else {
+        0
+    };
+    let last = (n.max(1) - 1) as u64;
+    let linear = fmt.make_leaf(Hpa::new(hpa + last * size), level, attrs, young_dirty)
+        == leaf0.wrapping_add(last.wrapping_mul(step));
+    for i in 0..n {
+        let leaf = if linear {
+            leaf0.wrapping_add((i as u64).wrapping_mul(step))
+        } else {
+            fmt.make_leaf(Hpa::new(hpa + i as u64 * size), level, attrs, young_dirty)
+        };
+        // SAFETY: `i < n`, inside the table (caller contract).
+        unsafe { ptr.offset(i) }.store_relaxed(leaf, F::BYTE_ORDER);
+    }
+}
+
 /// Replaces the entry under the iterator (whose snapshot is `it.old()`) by `new`.
 ///
 /// Fails, with the snapshot refreshed, if hardware changed a volatile entry since the snapshot.
@@ -149,11 +223,7 @@ pub(crate) fn try_set_entry<F: PteFormat, H: Host>(
         ptr.store(new, order);
     }
     let empty = fmt.empty(level);
-    if (old == empty) != (new == empty) {
-        let count = &it.table_meta().count;
-        let c = count.load(Ordering::Relaxed);
-        count.store(if new == empty { c - 1 } else { c + 1 }, Ordering::Relaxed);
-    }
+    adjust_count(it, i64::from(new != empty) - i64::from(old != empty));
     it.set_snapshot(new);
     Ok(())
 }
@@ -162,31 +232,4 @@ pub(crate) fn try_set_entry<F: PteFormat, H: Host>(
 #[inline]
 pub(crate) fn set_entry<F: PteFormat, H: Host>(it: &mut Iter<'_, F, H>, op: &mut Op, new: u64) {
     while try_set_entry(it, op, new).is_err() {}
-}
-
-/// Changes the leaf under the iterator in place to `f(current)`, keeping any bit hardware sets
-/// meanwhile (retried compare-exchange for volatile entries). Never needs break-before-make: only
-/// permission, A/D and software bits may change this way.
-#[inline]
-pub(crate) fn update_entry<F: PteFormat, H: Host>(it: &mut Iter<'_, F, H>, f: impl Fn(u64) -> u64) {
-    let fmt = it.fmt;
-    let level = it.level();
-    let ptr = it.ptr();
-    let mut cur = it.old();
-    loop {
-        let new = f(cur);
-        debug_assert!(!fmt.needs_break(cur, new, level));
-        if fmt.volatile_bits(cur, level) == 0 {
-            ptr.store(new, F::BYTE_ORDER);
-            it.set_snapshot(new);
-            return;
-        }
-        match ptr.compare_exchange(cur, new, F::BYTE_ORDER) {
-            Ok(_) => {
-                it.set_snapshot(new);
-                return;
-            }
-            Err(now) => cur = now,
-        }
-    }
 }
