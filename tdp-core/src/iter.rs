@@ -48,6 +48,7 @@ pub(crate) struct Iter<'a, F: PteFormat, H: Host> {
     kind: EntryKind,
     visit: Visit,
     valid: bool,
+    post: bool,
 }
 
 impl<'a, F: PteFormat, H: Host> Iter<'a, F, H> {
@@ -58,6 +59,7 @@ impl<'a, F: PteFormat, H: Host> Iter<'a, F, H> {
     /// `root` must be the live root table of a tree built by the engine with `fmt` and `host`
     /// (every table reachable from it allocated by `host`), `start <= last` within the input width,
     /// and no table of the tree may be freed while the iterator is used.
+    #[inline(always)]
     pub(crate) unsafe fn new(
         fmt: &'a F,
         host: &'a H,
@@ -88,9 +90,17 @@ impl<'a, F: PteFormat, H: Host> Iter<'a, F, H> {
             kind: EntryKind::Empty,
             visit: Visit::Leaf,
             valid: true,
+            post: true,
         };
         it.restart();
         it
+    }
+
+    /// Drops the `TablePost` visits: the walk ends as soon as its range is exhausted instead of
+    /// climbing back to the root (for operations with no post-order work).
+    #[inline(always)]
+    pub(crate) fn without_post(&mut self) {
+        self.post = false;
     }
 
     /// Re-reads the current entry into the snapshot.
@@ -108,6 +118,7 @@ impl<'a, F: PteFormat, H: Host> Iter<'a, F, H> {
     /// Restarts from the root toward the next unvisited address: the walk re-descends through the
     /// current tables to the entry that maps it (visiting its ancestors again as `TablePre`), so it
     /// sees every change made to the tree since.
+    #[inline(always)]
     pub(crate) fn restart(&mut self) {
         self.level = self.root_level;
         let root = self.tables[self.root_level.index()];
@@ -119,7 +130,7 @@ impl<'a, F: PteFormat, H: Host> Iter<'a, F, H> {
     }
 
     /// Steps into the table the current entry points at, toward the next unvisited address.
-    #[inline]
+    #[inline(always)]
     fn try_step_down(&mut self) -> bool {
         if self.level <= self.min_level {
             return false;
@@ -143,15 +154,16 @@ impl<'a, F: PteFormat, H: Host> Iter<'a, F, H> {
     }
 
     /// Steps to the next entry of the same table, if it exists and starts within the range.
+    /// `Err(true)` when the range is exhausted, `Err(false)` at the end of the table.
     #[inline(always)]
-    fn try_step_side(&mut self) -> bool {
-        let idx = self.geo.index(self.gpa, self.level);
-        if idx + 1 >= self.geo.entries(self.level) {
-            return false;
-        }
+    fn try_step_side(&mut self) -> Result<(), bool> {
         let next = self.gpa + self.geo.level_size(self.level);
         if next > self.last {
-            return false;
+            return Err(true);
+        }
+        let idx = self.geo.index(self.gpa, self.level);
+        if idx + 1 >= self.geo.entries(self.level) {
+            return Err(false);
         }
         self.gpa = next;
         self.target = next;
@@ -159,7 +171,7 @@ impl<'a, F: PteFormat, H: Host> Iter<'a, F, H> {
         // same live table.
         self.ptr = unsafe { self.ptr.next() };
         self.read();
-        true
+        Ok(())
     }
 
     /// Steps back to the table entry that points at the current table.
@@ -186,11 +198,19 @@ impl<'a, F: PteFormat, H: Host> Iter<'a, F, H> {
         if self.visit == Visit::TablePre && self.try_step_down() {
             return;
         }
-        if self.try_step_side() {
-            return;
-        }
-        if self.try_step_up() {
-            return;
+        loop {
+            match self.try_step_side() {
+                Ok(()) => return,
+                // Nothing after this entry is in range: done, unless post-order visits remain.
+                Err(true) if !self.post => break,
+                Err(_) => {}
+            }
+            if !self.try_step_up() {
+                break;
+            }
+            if self.post {
+                return;
+            }
         }
         self.valid = false;
     }

@@ -79,6 +79,9 @@ impl TableCache {
         geo: &Geometry,
         need: &[u64; MAX_LEVELS],
     ) -> Result<(), usize> {
+        if (0..MAX_LEVELS).all(|l| u64::from(self.len[l]) >= need[l]) {
+            return Ok(());
+        }
         let before = self.len;
         for l in 0..geo.levels() as usize {
             let level = Level::from_index(l);
@@ -102,7 +105,11 @@ impl TableCache {
     }
 
     /// Gives tables back to the host until each level holds at most `keep[level]`.
+    #[inline]
     pub(crate) fn trim_to<H: Host>(&mut self, host: &H, geo: &Geometry, keep: &[u32; MAX_LEVELS]) {
+        if (0..MAX_LEVELS).all(|l| self.len[l] <= keep[l]) {
+            return;
+        }
         for l in 0..geo.levels() as usize {
             let level = Level::from_index(l);
             while self.len[l] > keep[l] {

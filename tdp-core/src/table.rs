@@ -211,6 +211,7 @@ impl<F: PteFormat, H: Host> Table<F, H> {
         Ok((start, last))
     }
 
+    #[inline(always)]
     fn iter(&self, start: u64, last: u64, min_level: Level) -> Iter<'_, F, H> {
         // SAFETY: `self.root` is this tree's live root, built with `self.fmt` on `self.host`;
         // `start <= last` within the input width (checked by every caller); no table is freed
@@ -231,12 +232,14 @@ impl<F: PteFormat, H: Host> Table<F, H> {
         if let Some(flush) = op.flush() {
             self.host.flush_tlb(flush);
         }
-        op.detached.release(&self.host, &mut self.cache);
+        if op.detached.count > 0 {
+            op.detached.release(&self.host, &mut self.cache);
+        }
         let geo = self.geometry();
-        for l in 0..MAX_LEVELS {
+        for l in 0..geo.levels() as usize {
             self.stats.leaves[l] = self.stats.leaves[l].wrapping_add_signed(op.leaves[l]);
-            self.stats.tables[l] = self.stats.tables[l].wrapping_add_signed(op.tables[l]);
-            if l < geo.levels() as usize {
+            if op.tables[l] != 0 {
+                self.stats.tables[l] = self.stats.tables[l].wrapping_add_signed(op.tables[l]);
                 let bytes = op.tables[l] * geo.table_size(Level::from_index(l)) as i64;
                 self.stats.table_bytes = self.stats.table_bytes.wrapping_add_signed(bytes);
             }
@@ -247,6 +250,7 @@ impl<F: PteFormat, H: Host> Table<F, H> {
     /// The level of the leaf mapping `gpa`, if any (one walk from the root).
     fn leaf_level_at(&self, gpa: u64) -> Option<Level> {
         let mut it = self.iter(gpa, gpa, Level::LEAF);
+        it.without_post();
         while it.valid() && it.visit() == Visit::TablePre {
             it.next();
         }
@@ -260,6 +264,12 @@ impl<F: PteFormat, H: Host> Table<F, H> {
     fn edge_need(&self, start: u64, last: u64) -> [u64; MAX_LEVELS] {
         let geo = self.geometry();
         let mut need = [0u64; MAX_LEVELS];
+        // Two edges need at most two tables per level: when the cache holds that many already
+        // (the steady state), the walks to the edges are not worth making.
+        let lens = self.cache.lens();
+        if (0..geo.root_level().index()).all(|l| lens[l] >= 2) {
+            return need;
+        }
         let end = last + 1;
         let at_start = self.leaf_level_at(start);
         let at_end = if end >> geo.ia_bits() == 0 {
@@ -389,6 +399,7 @@ impl<F: PteFormat, H: Host> Table<F, H> {
         let caches_empty = fmt.caches_empty_entries();
         // SAFETY: as in `Table::iter` (the cache is disjoint from the tree).
         let mut it = unsafe { Iter::new(&*fmt, &*host, *root, start, last, Level::LEAF) };
+        it.without_post();
         while it.valid() {
             if it.visit() == Visit::Leaf {
                 let level = it.level();
@@ -599,6 +610,7 @@ impl<F: PteFormat, H: Host> Table<F, H> {
             } = self;
             // SAFETY: as in `Table::iter`.
             let mut it = unsafe { Iter::new(&*fmt, &*host, *root, start, last, Level::LEAF) };
+            it.without_post();
             // The decision for the last attribute key seen: (key, changes, removes permission).
             let mut last_key: Option<(u64, bool, bool)> = None;
             while it.valid() {
@@ -666,6 +678,7 @@ impl<F: PteFormat, H: Host> Table<F, H> {
     /// Checks that every leaf in `[start, last]` can take `perms` with its memory type.
     fn check_leaf_attrs(&self, start: u64, last: u64, perms: Perms) -> Result<(), Error> {
         let mut it = self.iter(start, last, Level::LEAF);
+        it.without_post();
         while it.valid() {
             if it.visit() == Visit::Leaf && it.kind() == EntryKind::Leaf {
                 let attrs = self.fmt.leaf_attrs(it.old(), it.level());
@@ -681,6 +694,7 @@ impl<F: PteFormat, H: Host> Table<F, H> {
     fn icache_before_exec(&self, start: u64, last: u64, perms: Perms) {
         let mut run: Option<(u64, u64)> = None;
         let mut it = self.iter(start, last, Level::LEAF);
+        it.without_post();
         while it.valid() {
             if it.visit() == Visit::Leaf && it.kind() == EntryKind::Leaf {
                 let level = it.level();
@@ -715,6 +729,7 @@ impl<F: PteFormat, H: Host> Table<F, H> {
     ///
     /// # Errors
     /// [`Error::GpaTooWide`] if `gpa` is beyond the input width.
+    #[inline]
     pub fn query(&self, gpa: Gpa) -> Result<Option<Mapping>, Error> {
         let geo = self.geometry();
         if gpa.raw() >> geo.ia_bits() != 0 {
@@ -724,6 +739,7 @@ impl<F: PteFormat, H: Host> Table<F, H> {
             });
         }
         let mut it = self.iter(gpa.raw(), gpa.raw(), Level::LEAF);
+        it.without_post();
         while it.valid() && it.visit() == Visit::TablePre {
             it.next();
         }
@@ -796,6 +812,7 @@ impl<F: PteFormat, H: Host> Table<F, H> {
         let mut need = [0u64; MAX_LEVELS];
         {
             let mut it = self.iter(start, last, min);
+            it.without_post();
             while it.valid() {
                 if it.visit() == Visit::Leaf && it.kind() == EntryKind::Leaf {
                     let l = it.level();
@@ -822,6 +839,7 @@ impl<F: PteFormat, H: Host> Table<F, H> {
             } = self;
             // SAFETY: as in `Table::iter`.
             let mut it = unsafe { Iter::new(&*fmt, &*host, *root, start, last, min) };
+            it.without_post();
             while it.valid() {
                 if it.visit() == Visit::Leaf && it.kind() == EntryKind::Leaf && it.level() > level {
                     split_here(&mut it, &mut op, cache);

@@ -159,6 +159,10 @@ pub(crate) unsafe fn write_leaves<F: PteFormat>(
 ) {
     let size = fmt.geometry().level_size(level);
     let leaf0 = fmt.make_leaf(Hpa::new(hpa), level, attrs, young_dirty);
+    if n == 1 {
+        ptr.store_relaxed(leaf0, F::BYTE_ORDER);
+        return;
+    }
     let step = if n > 1 {
         fmt.make_leaf(Hpa::new(hpa + size), level, attrs, young_dirty)
             .wrapping_sub(leaf0)

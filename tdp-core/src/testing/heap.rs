@@ -43,7 +43,7 @@ struct State {
 pub struct HeapHost {
     base: u64,
     size: u64,
-    granule: u64,
+    granule_shift: u32,
     mem: Box<[AtomicU64]>,
     metas: Box<[TableMeta]>,
     state: RefCell<State>,
@@ -69,7 +69,7 @@ impl HeapHost {
         HeapHost {
             base,
             size,
-            granule: granule as u64,
+            granule_shift: granule.trailing_zeros(),
             mem,
             metas,
             state: RefCell::new(State {
@@ -235,7 +235,7 @@ unsafe impl Host for HeapHost {
             s.fail_at = None;
             return None;
         }
-        if (size as u64) < self.granule {
+        if (size as u64) < 1 << self.granule_shift {
             return None;
         }
         let pa = match s.free.get_mut(&size).and_then(Vec::pop) {
@@ -254,7 +254,7 @@ unsafe impl Host for HeapHost {
         if s.record {
             s.events.push(HostEvent::Alloc(Hpa::new(pa), size));
         }
-        let m = &self.metas[((pa - self.base) / self.granule) as usize];
+        let m = &self.metas[((pa - self.base) >> self.granule_shift) as usize];
         m.count.store(0, Ordering::Relaxed);
         m.link.store(0, Ordering::Relaxed);
         m.flags.store(0, Ordering::Relaxed);
@@ -280,6 +280,7 @@ unsafe impl Host for HeapHost {
         }
     }
 
+    #[inline]
     fn phys_to_virt(&self, pa: Hpa) -> NonNull<u8> {
         let word = ((pa.raw() - self.base) / 8) as usize;
         assert!(word < self.mem.len(), "{pa:?} is outside the window");
@@ -288,8 +289,9 @@ unsafe impl Host for HeapHost {
         NonNull::new(ptr).expect("slice pointers are non-null")
     }
 
+    #[inline]
     fn meta(&self, pa: Hpa) -> NonNull<TableMeta> {
-        NonNull::from(&self.metas[((pa.raw() - self.base) / self.granule) as usize])
+        NonNull::from(&self.metas[((pa.raw() - self.base) >> self.granule_shift) as usize])
     }
 
     fn flush_tlb(&self, flush: TlbFlush) {
