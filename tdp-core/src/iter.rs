@@ -49,6 +49,7 @@ pub(crate) struct Iter<'a, F: PteFormat, H: Host> {
     visit: Visit,
     valid: bool,
     post: bool,
+    exhausted: bool,
 }
 
 impl<'a, F: PteFormat, H: Host> Iter<'a, F, H> {
@@ -91,6 +92,7 @@ impl<'a, F: PteFormat, H: Host> Iter<'a, F, H> {
             visit: Visit::Leaf,
             valid: true,
             post: true,
+            exhausted: false,
         };
         it.restart();
         it
@@ -203,7 +205,7 @@ impl<'a, F: PteFormat, H: Host> Iter<'a, F, H> {
                 Ok(()) => return,
                 // Nothing after this entry is in range: done, unless post-order visits remain.
                 Err(true) if !self.post => break,
-                Err(_) => {}
+                Err(exhausted) => self.exhausted |= exhausted,
             }
             if !self.try_step_up() {
                 break;
@@ -213,6 +215,13 @@ impl<'a, F: PteFormat, H: Host> Iter<'a, F, H> {
             }
         }
         self.valid = false;
+    }
+
+    /// Whether the walk has passed the end of its range: only `TablePost` visits of the tables
+    /// on the current path remain.
+    #[inline(always)]
+    pub(crate) fn exhausted(&self) -> bool {
+        self.exhausted
     }
 
     /// Whether the iterator is on an entry.

@@ -571,6 +571,10 @@ impl<F: PteFormat, H: Host> Table<F, H> {
                         op.detached.push(&*host, child_level, child);
                         op.tables[child_level.index()] -= 1;
                         op.flush_table_span(it.gpa(), it.geometry().level_size(level));
+                    } else if it.exhausted() {
+                        // The table keeps entries, so every ancestor keeps it: nothing above can
+                        // become empty.
+                        break;
                     }
                 }
                 (Visit::TablePost, _) => {}

@@ -111,7 +111,8 @@ impl HeapHost {
         self.state.borrow_mut().fail_at.take().is_none()
     }
 
-    /// Whether to record events (on by default; benchmarks turn it off).
+    /// Whether to record events and poison freed tables (on by default; benchmarks turn it off,
+    /// as a real host does neither).
     pub fn set_recording(&self, on: bool) {
         let mut s = self.state.borrow_mut();
         s.record = on;
@@ -270,9 +271,11 @@ unsafe impl Host for HeapHost {
             "free of {pa:?} ({size} bytes) that is not allocated"
         );
         // Poison the page so a use after free shows up as garbage entries.
-        let off = (pa.raw() - self.base) / 8;
-        for w in &self.mem[off as usize..off as usize + size / 8] {
-            w.store(0xdead_dead_dead_dead, Ordering::Relaxed);
+        if s.record {
+            let off = (pa.raw() - self.base) / 8;
+            for w in &self.mem[off as usize..off as usize + size / 8] {
+                w.store(0xdead_dead_dead_dead, Ordering::Relaxed);
+            }
         }
         s.free.entry(size).or_default().push(pa.raw());
         if s.record {
