@@ -34,11 +34,11 @@ pub enum Visit {
 pub(crate) struct Iter<'a, F: PteFormat, H: Host> {
     pub(crate) fmt: &'a F,
     pub(crate) host: &'a H,
-    geo: Geometry,
+    geo: &'a Geometry,
     root_level: Level,
     min_level: Level,
     tables: [NonNull<u8>; MAX_LEVELS],
-    table_pa: [Hpa; MAX_LEVELS],
+    root: Hpa,
     level: Level,
     gpa: u64,
     target: u64,
@@ -69,7 +69,7 @@ impl<'a, F: PteFormat, H: Host> Iter<'a, F, H> {
         last: u64,
         min_level: Level,
     ) -> Self {
-        let geo = *fmt.geometry();
+        let geo = fmt.geometry();
         let root_level = geo.root_level();
         let virt = host.phys_to_virt(root);
         let mut it = Iter {
@@ -79,7 +79,7 @@ impl<'a, F: PteFormat, H: Host> Iter<'a, F, H> {
             root_level,
             min_level,
             tables: [virt; MAX_LEVELS],
-            table_pa: [root; MAX_LEVELS],
+            root,
             level: root_level,
             gpa: start,
             target: start,
@@ -145,7 +145,6 @@ impl<'a, F: PteFormat, H: Host> Iter<'a, F, H> {
         let level = Level::from_index(self.level.index() - 1);
         let virt = self.host.phys_to_virt(child);
         self.tables[level.index()] = virt;
-        self.table_pa[level.index()] = child;
         self.level = level;
         self.gpa = self.target & !(self.geo.level_size(level) - 1);
         // SAFETY: `child` is a live table of this tree (constructor contract: the tree is built by
@@ -263,7 +262,7 @@ impl<'a, F: PteFormat, H: Host> Iter<'a, F, H> {
     /// The geometry being walked.
     #[inline(always)]
     pub(crate) fn geometry(&self) -> &Geometry {
-        &self.geo
+        self.geo
     }
 
     /// Whether the current entry's whole span lies within the walk's range.
@@ -279,13 +278,22 @@ impl<'a, F: PteFormat, H: Host> Iter<'a, F, H> {
         self.ptr
     }
 
-    /// The metadata of the table holding the current entry (looked up only when a count
-    /// changes).
-    #[inline(always)]
+    /// The metadata of the table holding the current entry. Looked up only when a count
+    /// changes: the table's address is read back from the parent entry, which still points at it.
+    #[inline]
     pub(crate) fn table_meta(&self) -> &TableMeta {
+        let pa = if self.level == self.root_level {
+            self.root
+        } else {
+            let up = Level::from_index(self.level.index() + 1);
+            // SAFETY: the parent table on the path is live and the index is in bounds.
+            let parent =
+                unsafe { EntryPtr::new(self.tables[up.index()], self.geo.index(self.gpa, up)) };
+            self.fmt.table_addr(parent.load(F::BYTE_ORDER), up)
+        };
         // SAFETY: the host contract makes `meta` valid while the table is allocated, and tables on
         // the path are not freed while the iterator is in use.
-        unsafe { self.host.meta(self.table_pa[self.level.index()]).as_ref() }
+        unsafe { self.host.meta(pa).as_ref() }
     }
 
     /// The entry `n` slots after the current one, in the same table.

@@ -468,12 +468,17 @@ impl<F: PteFormat, H: Host> Table<F, H> {
                                 it.skip_children();
                                 op.leaves[child_level.index()] += entries as i64;
                                 if caches_empty {
-                                    op.flush_span(it.gpa(), size, child_level);
+                                    // A walker may have cached the empty entry; address fences
+                                    // may cover only leaves, so flush as for a table change.
+                                    op.flush_table_span(it.gpa(), size);
                                 }
                             } else {
                                 // SAFETY: `child` is a reserved table of `child_level`'s size.
                                 unsafe { fill_table(&*fmt, &*host, child, child_level) };
                                 set_entry(&mut it, op, fmt.make_table(child, level));
+                                if caches_empty {
+                                    op.flush_table_span(it.gpa(), size);
+                                }
                             }
                             op.tables[child_level.index()] += 1;
                         }
