@@ -362,7 +362,8 @@ impl Run<'_> {
                 Hpa::new(hpa_page << shift),
                 attrs_of(perms, mem),
                 MapOptions {
-                    max_level: Level::new(cap),
+                    max_level: Level::new(cap)
+                        .filter(|l| tdp_core::PteFormat::geometry(t.format()).is_leaf_level(*l)),
                     young_dirty: young,
                 },
             ),

@@ -355,7 +355,8 @@ fn apply(t: &mut Table<Gstage, &HeapHost>, op: &Op) -> Result<(), Error> {
             Hpa::new(hpa_page << 12),
             attrs_of(perms, mem),
             MapOptions {
-                max_level: Level::new(cap),
+                max_level: Level::new(cap)
+                    .filter(|l| tdp_core::PteFormat::geometry(t.format()).is_leaf_level(*l)),
                 young_dirty: young,
             },
         ),

@@ -287,6 +287,9 @@ fn range(page: u64, pages: u64) -> GpaRange {
 
 /// Applies one operation to the table; its model counterpart is applied by the caller.
 fn apply<F: PteFormat, H: Host>(t: &mut Table<F, H>, op: &Op) -> Result<(), Error> {
+    let geo = *t.format().geometry();
+    // A cap at a level that cannot hold a leaf is refused by the engine; here it means no cap.
+    let cap_of = |c: u8| Level::new(c).filter(|l| geo.is_leaf_level(*l));
     match *op {
         Op::Map {
             page,
@@ -305,7 +308,7 @@ fn apply<F: PteFormat, H: Host>(t: &mut Table<F, H>, op: &Op) -> Result<(), Erro
                 ignore_guest_memtype: false,
             },
             MapOptions {
-                max_level: Level::new(cap),
+                max_level: cap_of(cap),
                 young_dirty: young,
             },
         ),

@@ -20,7 +20,8 @@ use crate::update::{adjust_count, fill_table, set_entry, update_at, write_leaves
 /// Options of [`Table::map_with`].
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct MapOptions {
-    /// The largest leaf level to use (`None`: the largest the geometry and alignment allow).
+    /// The largest leaf level to use; it must be a level that can hold a leaf (`None`: the
+    /// largest the geometry and alignment allow).
     pub max_level: Option<Level>,
     /// Preset the accessed flag, and the dirty flag of writable leaves, where the format has
     /// them (KVM's policy: no hardware A/D update is needed right after a map, and such entries
@@ -309,7 +310,8 @@ impl<F: PteFormat, H: Host> Table<F, H> {
     /// - [`Error::UnalignedGpa`] / [`Error::UnalignedHpa`]: an address or the size is not a
     ///   multiple of the page size;
     /// - [`Error::GpaTooWide`] / [`Error::HpaTooWide`]: beyond the input or output width;
-    /// - [`Error::InvalidLevel`]: `max_level` is not a level of this geometry;
+    /// - [`Error::InvalidLevel`]: `max_level` is not a level of this geometry that can hold a
+    ///   leaf (e.g. a block level the arm64 granule does not have);
     /// - [`Error::UnsupportedAttrs`]: the format cannot encode `attrs`;
     /// - [`Error::AlreadyMapped`]: part of `range` is mapped (nothing is changed);
     /// - [`Error::OutOfMemory`]: the host ran out of table pages (nothing is changed).
@@ -336,10 +338,11 @@ impl<F: PteFormat, H: Host> Table<F, H> {
                 bits: geo.oa_bits(),
             });
         }
-        let max_level = opts.max_level.unwrap_or(geo.root_level());
-        if !geo.has_level(max_level) {
-            return Err(Error::InvalidLevel { level: max_level });
-        }
+        let max_level = match opts.max_level {
+            Some(l) if geo.is_leaf_level(l) => l,
+            Some(l) => return Err(Error::InvalidLevel { level: l }),
+            None => geo.root_level(),
+        };
         self.fmt.check_attrs(&attrs)?;
 
         let mut leaf_ok = [false; MAX_LEVELS];

@@ -166,7 +166,7 @@ fn run(ops: Vec<OpKind>, hardware_ad: bool, bbm: bool) {
                     ignore_guest_memtype: false,
                 };
                 let opts = MapOptions {
-                    max_level: Level::new(cap.min(3)),
+                    max_level: Level::new(cap.min(2)),
                     young_dirty: p & 4 != 0,
                 };
                 let res = table.map_with(r, Hpa::new(hpa_page << 12), attrs, opts);
