@@ -611,7 +611,9 @@ pub fn decode_vtcr_detailed(vtcr: u64, caps: &Stage2Caps) -> Result<Stage2Config
         0b110 => 52,
         _ => 56,
     };
-    let cap = if lpa_64k || (!is_64k && caps.lpa2) {
+    // 52-bit output on 4K/16K needs DS = 1 (FEAT_LPA2 in use), not only the feature: with
+    // DS = 0 a PS of 0b110 gives 48 bits.
+    let cap = if lpa_64k || lpa2 {
         52
     } else {
         48
