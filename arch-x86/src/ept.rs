@@ -234,7 +234,10 @@ impl PteFormat for Ept {
         let write_without_read = p.contains(Perms::WRITE) && !p.contains(Perms::READ);
         let exec_only = !exec.is_empty() && !p.contains(Perms::READ);
         let split_exec = !exec.is_empty() && exec != Perms::EXEC && !self.opts.mbec;
-        if write_without_read || (exec_only && !self.caps.execute_only) || split_exec {
+        // x86 has no device type of its own: Device would encode as UC and read back as
+        // Uncached, so it is refused (use `MemType::Uncached`).
+        let device = attrs.mem == MemType::Device;
+        if write_without_read || (exec_only && !self.caps.execute_only) || split_exec || device {
             return Err(Error::UnsupportedAttrs { attrs: *attrs });
         }
         Ok(())

@@ -205,9 +205,11 @@ impl PteFormat for Npt {
         let needs_read = p.contains(Perms::READ) || !p.intersects(Perms::WRITE | Perms::EXEC);
         let one_exec = exec.is_empty() || exec == Perms::EXEC;
         let nx_ok = self.opts.nx || exec == Perms::EXEC || p.is_empty();
+        // No device type of its own: Device would read back as Uncached (use `Uncached`).
         let ok = needs_read
             && one_exec
             && nx_ok
+            && attrs.mem != MemType::Device
             && !attrs.ignore_guest_memtype
             && self.pat_index(attrs.mem).is_some();
         if ok {

@@ -740,3 +740,23 @@ fn table_image_export_walks_in_the_independent_walker() {
     );
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn device_memory_is_refused_because_x86_would_read_it_back_as_uncached() {
+    let host = HeapHost::new(BASE, 1 << 20, 4096);
+    let dev = Attrs {
+        perms: Perms::RW,
+        mem: MemType::Device,
+        ignore_guest_memtype: false,
+    };
+    let mut e = Table::new(ept(true), &host).unwrap();
+    assert_eq!(
+        e.map(range(0, 0x1000), Hpa::new(0x5000), dev),
+        Err(Error::UnsupportedAttrs { attrs: dev })
+    );
+    let mut n = Table::new(npt(), &host).unwrap();
+    assert_eq!(
+        n.map(range(0, 0x1000), Hpa::new(0x5000), dev),
+        Err(Error::UnsupportedAttrs { attrs: dev })
+    );
+}

@@ -14,9 +14,11 @@ fn panic(_info: &PanicInfo<'_>) -> ! {
     loop {}
 }
 
-/// Touches each crate so that none of them is optimised away unseen.
+/// Touches each crate so that none of them is optimised away unseen: builds a configuration of
+/// every architecture's format and reads one value from it.
 #[no_mangle]
 pub extern "C" fn tdp_nostd_probe() -> u64 {
+    let mut v = 0u64;
     let caps = tdp_arch_x86::EptCaps::from_vmx_ept_vpid_cap(0x0023_41c1);
     let opts = tdp_arch_x86::EptOptions {
         levels: 4,
@@ -24,24 +26,22 @@ pub extern "C" fn tdp_nostd_probe() -> u64 {
         maxphyaddr: 46,
         mbec: false,
     };
-    let mut v = match tdp_arch_x86::Ept::new(caps, opts) {
-        Ok(ept) => ept.empty(Level::LEAF),
-        Err(_) => 0,
-    };
+    if let Ok(ept) = tdp_arch_x86::Ept::new(caps, opts) {
+        v ^= ept.empty(Level::LEAF);
+    }
     if let Ok(npt) = tdp_arch_x86::Npt::new(tdp_arch_x86::NptOptions::default()) {
         v ^= npt.frozen();
     }
+    let s2 = tdp_arch_arm64::Stage2Options::new(tdp_arch_arm64::Granule::K4, 40, 40);
+    if let Ok(s2) = tdp_arch_arm64::Stage2::new(tdp_arch_arm64::Stage2Caps::new(40), s2) {
+        v ^= s2.frozen();
+    }
+    v ^= core::mem::size_of::<tdp_arch_riscv::Gstage>() as u64;
+    v ^= core::mem::size_of::<tdp_arch_ppc::Radix>() as u64;
+    v ^= core::mem::size_of::<tdp_arch_loongarch::LoongArch>() as u64;
+    v ^= core::mem::size_of::<tdp_arch_mips::MipsLe>() as u64;
     if let Ok(g) = Geometry::new(12, &[9, 9, 9], 0b11, 39, 40) {
         v ^= g.level_size(Level::LEAF);
-    }
-    for name in [
-        tdp_arch_arm64::ARCH,
-        tdp_arch_riscv::ARCH,
-        tdp_arch_loongarch::ARCH,
-        tdp_arch_mips::ARCH,
-        tdp_arch_ppc::ARCH,
-    ] {
-        v = v.wrapping_add(name.len() as u64);
     }
     v
 }

@@ -73,8 +73,10 @@ pub enum TlbFlush {
 ///
 /// # Safety
 /// Implementors guarantee that:
-/// - `alloc_table(size)` returns either `None` or the physical address of `size` bytes aligned to
-///   `size`, not in use by anything else, until the same address is passed to `free_table`;
+/// - `alloc_table(size)` returns either `None` or the non-zero physical address of `size` bytes
+///   aligned to `size`, not in use by anything else, until the same address is passed to
+///   `free_table` (address 0 is never a table: on LoongArch a directory entry of 0 is not a
+///   pointer);
 /// - `phys_to_virt(pa)` for such an address returns a pointer valid for reads and writes of the
 ///   whole table, not accessed by the host through non-atomic references while allocated;
 /// - `meta(pa)` for such an address returns a pointer to a [`TableMeta`] that belongs to that table

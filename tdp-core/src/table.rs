@@ -434,7 +434,13 @@ impl<F: PteFormat, H: Host> Table<F, H> {
                             adjust_count(&it, n as i64);
                             op.leaves[level.index()] += n as i64;
                             if caches_empty {
-                                op.flush_span(it.gpa(), n as u64 * size, level);
+                                // What a walker cached for these empty slots may be smaller
+                                // invalid entries (loaded through invalid tables): no level hint.
+                                if level == Level::LEAF {
+                                    op.flush_span(it.gpa(), n as u64 * size, level);
+                                } else {
+                                    op.flush_span_any_level(it.gpa(), n as u64 * size);
+                                }
                             }
                             it.skip(n.saturating_sub(1));
                         } else {

@@ -64,6 +64,15 @@ impl Op {
         };
     }
 
+    /// Records that translations for `[gpa, gpa + size)` of unknown or mixed levels must be
+    /// flushed (no level hint), but no table entry changed.
+    #[inline]
+    pub(crate) fn flush_span_any_level(&mut self, gpa: u64, size: u64) {
+        self.lo = self.lo.min(gpa);
+        self.hi = self.hi.max(gpa + size);
+        self.level = MIXED_LEVELS;
+    }
+
     /// Records that a table entry for `[gpa, gpa + size)` was removed or replaced: whatever was
     /// cached below it (leaves of any level, walk-cache entries) must be flushed.
     #[inline]

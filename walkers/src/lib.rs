@@ -21,7 +21,10 @@
 //! * [`gstage`] — RISC-V G-stage (Privileged Architecture, Hypervisor extension, "Two-Stage
 //!   Address Translation").
 //! * [`radix`] — Power Book3S-64 radix, partition scoped (big-endian entries).
-//! * [`loongarch`], [`mips`] — placeholders until their architecture issue.
+//! * [`loongarch`] — LoongArch GPA tables: directory walk (LDDIR/LDPTE) and TLB refill of
+//!   even/odd pairs, page-invalid/modify/inhibit exceptions, the hardware walker's V/D updates.
+//! * [`mips`] — MIPS VZ GPA tables in a configurable Linux PTE layout: the refill's EntryLo pair
+//!   and the TLB invalid/modified/RI/XI exceptions.
 //!
 //! Both walkers read the tables through the [`PhysMem`] trait; [`FlatImage`]
 //! is a ready-made implementation backed by a `Vec<u8>`. The walkers never

@@ -613,11 +613,7 @@ pub fn decode_vtcr_detailed(vtcr: u64, caps: &Stage2Caps) -> Result<Stage2Config
     };
     // 52-bit output on 4K/16K needs DS = 1 (FEAT_LPA2 in use), not only the feature: with
     // DS = 0 a PS of 0b110 gives 48 bits.
-    let cap = if lpa_64k || lpa2 {
-        52
-    } else {
-        48
-    };
+    let cap = if lpa_64k || lpa2 { 52 } else { 48 };
     let oa_bits = ps.min(cap).min(pamax);
 
     let ha = caps.ha_hd && vtcr & VTCR_HA != 0;

@@ -54,10 +54,10 @@ impl HeapHost {
     /// bytes (the smallest table size of the format: 4096 for x86, 256 for Power radix 64K).
     ///
     /// # Panics
-    /// If `base` or `size` is not a multiple of 64 KiB or `granule` is not a power of two from 256
-    /// to 65536 (test set-up errors).
+    /// If `base` is 0 (no table may sit at physical address 0), `base` or `size` is not a multiple
+    /// of 64 KiB, or `granule` is not a power of two from 256 to 65536 (test set-up errors).
     pub fn new(base: u64, size: u64, granule: usize) -> HeapHost {
-        assert!(base % 65536 == 0 && size % 65536 == 0 && size > 0);
+        assert!(base != 0 && base % 65536 == 0 && size % 65536 == 0 && size > 0);
         assert!(granule.is_power_of_two() && (256..=65536).contains(&granule));
         let words = (size / 8) as usize;
         let mem: Box<[AtomicU64]> = std::iter::repeat_with(|| AtomicU64::new(0))
