@@ -68,10 +68,10 @@ impl LoongArch {
     /// - [`TlbFlush::Range`]: op 0x16 (`INVTLB_GID_ADDR`) at every even/odd pair the range
     ///   touches: a TLB entry covers a pair of pages, so the addresses are aligned to
     ///   2 × page size (KVM `kvm_flush_tlb_gpa`: `gpa &= PAGE_MASK << 1`). A huge page's entry
-    ///   matches any of those addresses. The `level` hint is not used: after a huge leaf is
-    ///   mapped over an empty directory entry the cached entries are small invalid pairs
-    ///   loaded through the invalid tables, while the engine reports the new leaf's level
-    ///   (trait-table gap 1). More than `max_by_address` operations become one op 0x14
+    ///   matches any of those addresses. The `level` hint is not used: stepping by page pairs
+    ///   covers whatever was cached, including small invalid pairs loaded through the invalid
+    ///   tables before a huge leaf was mapped there (the engine gives no hint in that case).
+    ///   More than `max_by_address` operations become one op 0x14
     ///   (`INVTLB_GID_GPA_TO_HPA`, every GPA→HPA entry of the GID). No walk cache is
     ///   architected, so `tables` needs nothing more (inferred).
     /// - [`TlbFlush::All`]: op 0x15 (`INVTLB_GID_ALL`).
