@@ -1,106 +1,506 @@
-//! Criterion benchmarks of the explicit API on Intel EPT over 1 GiB of 4 KiB leaves (262,144
-//! leaves). Table memory comes from the testing kit's heap host (warm after the first iteration:
-//! freed tables are reused), with event recording off. The floor and the Rust peers are added by
-//! the benchmarks issue.
+//! Criterion benchmarks of the explicit table API, every architecture, with the raw-memory floor
+//! and the Rust peers in the same run (issue 14; results in BENCHMARKS.md at the repository root).
+//!
+//! Groups (criterion's `<group>/<bench>`):
+//! - `<arch>_<leaf>`: the engine on one architecture configuration over 1 GiB of leaves of one size
+//!   (`ept-ad_4K`, `npt_2M`, ...): `map_range`, `map_pages`, `query`, `protect`, `unmap_range`,
+//!   `unmap_pages`, `teardown`, with `split` and `collapse` for page-sized leaves, and
+//!   `host_alloc_free` (what the heap host alone costs for the tree's tables, for reference);
+//! - `<peer>_<leaf>`: a peer doing the same work its own way (`ptm_4K`, `a64p_2M`, ...);
+//! - `floor_<words>w_<bytes>`: raw loops over as many entry words as leaves (`store`, `load`,
+//!   `and_not`, `atomic_and_not`) and over the minimal tree's bytes (`zero`).
+//!
+//! Every time includes table allocation from a warm pool (the engine: the testing kit's heap host;
+//! the peers: a frame pool of our own), divided by the number of leaves by `benches/report.py`.
+//! Before a group is measured, every operation is run once and checked (translations sampled after
+//! map/protect/split/collapse, none after unmap, every table freed after teardown).
+//!
+//! Full run (about 20 minutes on 2 cores): `cargo bench -p tdp-benches --bench explicit`, then
+//! `python3 benches/report.py`. Short settings for development:
+//! `cargo bench -p tdp-benches --bench explicit -- --warm-up-time 0.2 --measurement-time 1 ept-ad_4K`.
 
 // criterion_group!/criterion_main! generate undocumented items.
 #![allow(missing_docs)]
+
+mod peers;
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use tdp_arch_x86::{Ept, EptCaps, EptOptions};
-use tdp_core::testing::HeapHost;
-use tdp_core::{Attrs, Gpa, GpaRange, Hpa, Level, MapOptions, Perms, Table};
+use tdp_arch_arm64::{Granule, Stage2, Stage2Caps, Stage2Options};
+use tdp_arch_loongarch::{LoongArch, LoongArchConfig};
+use tdp_arch_mips::{MipsConfig, MipsLe};
+use tdp_arch_ppc::{Radix, RadixGranule, RadixOptions};
+use tdp_arch_riscv::{Gstage, GstageCaps, GstageMode, GstageOptions};
+use tdp_arch_x86::{Ept, EptCaps, EptOptions, Npt, NptOptions};
+use tdp_benches::floor;
+use tdp_benches::meta::{self, Record};
+use tdp_benches::workload::{self, size_name, GIB};
+use tdp_benches::Workload;
+use tdp_core::PteFormat;
 
-const GIB: u64 = 1 << 30;
-const PAGES: u64 = GIB >> 12;
+use peers::{Op, Peer};
 
-fn ept() -> Ept {
+// --- the architectures: one line per configuration ------------------------------------------
+
+fn ept(accessed_dirty: bool) -> Ept {
+    // Execute-only, 4/5-level, UC/WB, 2M/1G pages, A/D (IA32_VMX_EPT_VPID_CAP of a recent core).
     let caps = EptCaps::from_vmx_ept_vpid_cap(0x0023_41c1);
-    Ept::new(
-        caps,
-        EptOptions {
-            levels: 4,
-            accessed_dirty: true,
-            maxphyaddr: 46,
-            mbec: false,
-        },
-    )
-    .expect("valid EPT configuration")
+    let opts = EptOptions {
+        levels: 4,
+        accessed_dirty,
+        maxphyaddr: 46,
+        mbec: false,
+    };
+    Ept::new(caps, opts).expect("valid EPT configuration")
 }
 
-fn host() -> HeapHost {
-    let h = HeapHost::new(0x1_0000_0000, 4 << 20, 4096);
-    h.set_recording(false);
-    h
+fn npt() -> Npt {
+    Npt::new(NptOptions::default()).expect("valid NPT configuration")
 }
 
-const FOUR_K: MapOptions = MapOptions {
-    max_level: Some(Level::LEAF),
-    young_dirty: true,
-};
-
-fn mapped(host: &HeapHost) -> Table<Ept, &HeapHost> {
-    let mut t = Table::new(ept(), host).expect("root");
-    let r = GpaRange::new(Gpa::new(0), GIB).expect("range");
-    t.map_with(r, Hpa::new(1 << 32), Attrs::normal(Perms::RW), FOUR_K)
-        .expect("map");
-    t
+fn x86(c: &mut Criterion) {
+    arch(c, "ept-ad", || ept(true));
+    arch(c, "ept-noad", || ept(false));
+    arch(c, "npt", npt);
 }
 
-fn bench(c: &mut Criterion) {
-    let mut g = c.benchmark_group("ept_1gib_4k");
-    g.throughput(Throughput::Elements(PAGES));
-    g.sample_size(20);
-    let h = host();
-    let whole = GpaRange::new(Gpa::new(0), GIB).expect("range");
+fn stage2(granule: Granule) -> Stage2 {
+    // A recent server core: 48-bit PA, FWB, hardware Access flag and dirty state (like EPT with
+    // A/D), 16-bit VMIDs; KVM's default 40-bit IPA.
+    let caps = Stage2Caps {
+        pa_range_bits: 48,
+        ..Stage2Caps::all()
+    };
+    let opts = Stage2Options {
+        fwb: true,
+        hw_access: true,
+        hw_dirty: true,
+        vmid16: true,
+        ..Stage2Options::new(granule, 40, 48)
+    };
+    Stage2::new(caps, opts).expect("valid stage-2 configuration")
+}
 
-    g.bench_function("map_range", |b| {
-        b.iter_batched(
-            || Table::new(ept(), &h).expect("root"),
-            |mut t| {
-                t.map_with(whole, Hpa::new(1 << 32), Attrs::normal(Perms::RW), FOUR_K)
-                    .expect("map");
+fn arm64(c: &mut Criterion) {
+    arch(c, "arm64-4k", || stage2(Granule::K4));
+    arch(c, "arm64-16k", || stage2(Granule::K16));
+    arch(c, "arm64-64k", || stage2(Granule::K64));
+}
+
+fn gstage() -> Gstage {
+    // Sv48x4 (KVM keeps the largest mode that sticks), hardware A/D (Svadu), Svpbmt, no Svvptc.
+    let caps = GstageCaps {
+        max_mode: GstageMode::Sv48x4,
+        vmid_bits: 14,
+        svadu: true,
+        svpbmt: true,
+        svvptc: false,
+    };
+    let opts = GstageOptions {
+        mode: GstageMode::Sv48x4,
+        pa_bits: 56,
+        leaf_512g: false,
+    };
+    Gstage::new(caps, opts).expect("valid G-stage configuration")
+}
+
+fn riscv(c: &mut Criterion) {
+    arch(c, "rv-sv48x4", gstage);
+}
+
+fn loongarch_16k() -> LoongArch {
+    // Linux's usual host: 16 KiB pages, 3 levels, software refill; the invalid tables are the
+    // caller's (DMW-window addresses of two 16 KiB tables outside the engine's window).
+    let cfg = LoongArchConfig::linux(14, 3, [0x9000_0000_0100_0000, 0x9000_0000_0100_4000, 0]);
+    LoongArch::new(cfg).expect("valid LoongArch configuration")
+}
+
+fn loongarch(c: &mut Criterion) {
+    arch(c, "loongarch-16k", loongarch_16k);
+}
+
+fn mips_16k() -> MipsLe {
+    // A Loongson-3 host: little-endian, 16 KiB pages, 3 levels, RIXI; the invalid tables live in
+    // the host kernel image (ckseg0), outside the engine's window.
+    let cfg = MipsConfig::linux64_16k([0xffff_ffff_8100_0000, 0xffff_ffff_8100_4000]);
+    MipsLe::new(cfg).expect("valid MIPS configuration")
+}
+
+fn mips(c: &mut Criterion) {
+    arch(c, "mips-16k", mips_16k);
+}
+
+fn radix(granule: RadixGranule) -> Radix {
+    // A POWER9-like partition: 52-bit real addresses, 12 LPID bits.
+    let opts = RadixOptions {
+        granule,
+        pa_bits: 52,
+        lpid_bits: 12,
+    };
+    Radix::new(opts).expect("valid radix configuration")
+}
+
+fn ppc(c: &mut Criterion) {
+    arch(c, "ppc-4k", || radix(RadixGranule::Page4K));
+    arch(c, "ppc-64k", || radix(RadixGranule::Page64K));
+}
+
+fn rust_peers(c: &mut Criterion) {
+    peer::<peers::ptm::Ptm>(c);
+    peer::<peers::a64p::A64p>(c);
+    peer::<peers::ptg::Ptg>(c);
+    peer::<peers::x64::X64>(c);
+}
+
+fn machine(_c: &mut Criterion) {
+    if let Err(e) = meta::machine().write("machine") {
+        eprintln!("cannot write the machine record: {e}");
+    }
+}
+
+// --- the engine, written once ---------------------------------------------------------------
+
+/// The order groups are measured in, for the report's columns.
+static ORDER: AtomicU64 = AtomicU64::new(0);
+
+fn next_order() -> u64 {
+    ORDER.fetch_add(1, Ordering::Relaxed)
+}
+
+fn arch<F: PteFormat + Clone>(c: &mut Criterion, label: &str, make: impl Fn() -> F) {
+    let fmt = make();
+    let geo = *fmt.geometry();
+    for w in Workload::all(&geo, GIB) {
+        let group = format!("{label}_{}", w.name());
+        let host = workload::host(&fmt);
+        let checked =
+            workload::check_all(&fmt, &host, &w).unwrap_or_else(|e| panic!("{group}: {e}"));
+        let min = workload::min_table_bytes(&geo, w.start, w.size, w.level);
+        let floor = floor_group(c, w.leaves, min);
+        // Write-protect needs a locked read-modify-write only for entries in which hardware may
+        // set bits meanwhile; the workload presets A/D (KVM's policy), so none of its entries has
+        // such bits and the least memory work is a plain and-not, on every format. The atomic
+        // and-not is measured beside it, for reference.
+        let protect_floor = "and_not";
+        let m = checked.mapped;
+        let record = Record::new()
+            .str("kind", "tdp")
+            .num("order", next_order())
+            .str("group", &group)
+            .str("subject", label)
+            .str("leaf", &w.name())
+            .num("leaf_bytes", w.leaf)
+            .num("leaves", w.leaves)
+            .str("floor", &floor)
+            .str("protect_floor", protect_floor)
+            .str(
+                "host",
+                "tdp-core testing HeapHost (warm: freed tables reused)",
+            )
+            .num("table_bytes_min", min)
+            .num("table_bytes", m.table_bytes)
+            .num("cached_bytes", m.cached_bytes)
+            .num("tables", m.tables)
+            .num("metadata_bytes_per_table", m.metadata_bytes_per_table)
+            .num("table_bytes_after_unmap", checked.after_unmap);
+        if let Err(e) = record.write(&group) {
+            eprintln!("cannot write the record of {group}: {e}");
+        }
+
+        let mut g = c.benchmark_group(&group);
+        g.throughput(Throughput::Elements(w.leaves));
+        let empty = || workload::empty(&fmt, &host);
+        let mapped = || {
+            let mut t = workload::empty(&fmt, &host);
+            workload::map_range(&mut t, &w);
+            t
+        };
+        g.bench_function("map_range", |b| {
+            b.iter_batched(
+                empty,
+                |mut t| {
+                    workload::map_range(&mut t, &w);
+                    t
+                },
+                BatchSize::PerIteration,
+            )
+        });
+        g.bench_function("map_pages", |b| {
+            b.iter_batched(
+                empty,
+                |mut t| {
+                    workload::map_pages(&mut t, &w);
+                    t
+                },
+                BatchSize::PerIteration,
+            )
+        });
+        g.bench_function("query", |b| {
+            let t = mapped();
+            b.iter(|| workload::query_all(&t, &w))
+        });
+        g.bench_function("protect", |b| {
+            b.iter_batched(
+                mapped,
+                |mut t| {
+                    workload::protect(&mut t, &w);
+                    t
+                },
+                BatchSize::PerIteration,
+            )
+        });
+        g.bench_function("unmap_range", |b| {
+            b.iter_batched(
+                mapped,
+                |mut t| {
+                    workload::unmap_range(&mut t, &w);
+                    t
+                },
+                BatchSize::PerIteration,
+            )
+        });
+        g.bench_function("unmap_pages", |b| {
+            b.iter_batched(
+                mapped,
+                |mut t| {
+                    workload::unmap_pages(&mut t, &w);
+                    t
+                },
+                BatchSize::PerIteration,
+            )
+        });
+        if w.splits() {
+            g.bench_function("split", |b| {
+                b.iter_batched(
+                    || {
+                        let mut t = workload::empty(&fmt, &host);
+                        workload::map_top(&mut t, &w);
+                        t
+                    },
+                    |mut t| {
+                        workload::split(&mut t, &w);
+                        t
+                    },
+                    BatchSize::PerIteration,
+                )
+            });
+            g.bench_function("collapse", |b| {
+                b.iter_batched(
+                    mapped,
+                    |mut t| {
+                        workload::collapse(&mut t, &w);
+                        t
+                    },
+                    BatchSize::PerIteration,
+                )
+            });
+        }
+        g.bench_function("teardown", |b| {
+            b.iter_batched(mapped, drop, BatchSize::PerIteration)
+        });
+        g.bench_function("host_alloc_free", |b| {
+            let mut scratch = Vec::new();
+            b.iter(|| workload::host_cycle(&host, &checked.sizes, &mut scratch))
+        });
+        g.finish();
+        debug_assert_eq!(host.outstanding_tables(), 0);
+    }
+}
+
+// --- the peers ------------------------------------------------------------------------------
+
+fn peer<P: Peer>(c: &mut Criterion) {
+    let geo = peers::geometry();
+    for w in Workload::all(&geo, GIB) {
+        let group = format!("{}_{}", P::NAME, w.name());
+        let checked = peers::check_all::<P>(&w).unwrap_or_else(|e| panic!("{group}: {e}"));
+        let min = workload::min_table_bytes(&geo, w.start, w.size, w.level);
+        let floor = floor_group(c, w.leaves, min);
+        let record = Record::new()
+            .str("kind", "peer")
+            .num("order", next_order())
+            .str("group", &group)
+            .str("subject", P::NAME)
+            .str("leaf", &w.name())
+            .num("leaf_bytes", w.leaf)
+            .num("leaves", w.leaves)
+            .str("floor", &floor)
+            .str(
+                "host",
+                "frame pool of the benches (warm: freed frames reused)",
+            )
+            .num("table_bytes_min", min)
+            .num("table_bytes", checked.table_bytes)
+            .num("cached_bytes", 0)
+            .num("tables", checked.table_bytes / peers::pool::FRAME as u64)
+            .num("metadata_bytes_per_table", P::METADATA_BYTES_PER_TABLE)
+            .num("table_bytes_after_unmap", checked.table_bytes_after_unmap);
+        if let Err(e) = record.write(&group) {
+            eprintln!("cannot write the record of {group}: {e}");
+        }
+
+        let mut g = c.benchmark_group(&group);
+        g.throughput(Throughput::Elements(w.leaves));
+        let fresh = || P::new();
+        let mapped = || P::mapped(&w);
+        let can = |op| P::supports(op, &w);
+        if can(Op::MapRange) {
+            g.bench_function("map_range", |b| {
+                b.iter_batched(
+                    fresh,
+                    |mut t| {
+                        t.map_range(&w);
+                        t
+                    },
+                    BatchSize::PerIteration,
+                )
+            });
+        }
+        if can(Op::MapPages) {
+            g.bench_function("map_pages", |b| {
+                b.iter_batched(
+                    fresh,
+                    |mut t| {
+                        t.map_pages(&w);
+                        t
+                    },
+                    BatchSize::PerIteration,
+                )
+            });
+        }
+        if can(Op::Query) {
+            g.bench_function("query", |b| {
+                let t = mapped();
+                b.iter(|| t.query_all(&w))
+            });
+        }
+        if can(Op::Protect) {
+            g.bench_function("protect", |b| {
+                b.iter_batched(
+                    mapped,
+                    |mut t| {
+                        t.protect(&w);
+                        t
+                    },
+                    BatchSize::PerIteration,
+                )
+            });
+        }
+        if can(Op::UnmapRange) {
+            g.bench_function("unmap_range", |b| {
+                b.iter_batched(
+                    mapped,
+                    |mut t| {
+                        t.unmap_range(&w);
+                        t
+                    },
+                    BatchSize::PerIteration,
+                )
+            });
+        }
+        if can(Op::UnmapPages) {
+            g.bench_function("unmap_pages", |b| {
+                b.iter_batched(
+                    mapped,
+                    |mut t| {
+                        t.unmap_pages(&w);
+                        t
+                    },
+                    BatchSize::PerIteration,
+                )
+            });
+        }
+        if can(Op::Split) {
+            let top = || {
+                let mut t = P::new();
+                t.map_top(&w);
                 t
-            },
-            BatchSize::PerIteration,
-        )
+            };
+            g.bench_function("split", |b| {
+                b.iter_batched(
+                    top,
+                    |mut t| {
+                        t.split(&w);
+                        t
+                    },
+                    BatchSize::PerIteration,
+                )
+            });
+        }
+        if can(Op::Teardown) {
+            g.bench_function("teardown", |b| {
+                b.iter_batched(mapped, drop, BatchSize::PerIteration)
+            });
+        }
+        g.finish();
+    }
+}
+
+// --- the floor ------------------------------------------------------------------------------
+
+/// Floor groups already measured in this run (one per distinct number of words and bytes).
+static FLOORS: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+
+/// The floor group for `words` entry words and a minimal tree of `zero_bytes` bytes, measured
+/// the first time it is asked for.
+fn floor_group(c: &mut Criterion, words: u64, zero_bytes: u64) -> String {
+    let name = format!("floor_{words}w_{}", size_name(zero_bytes));
+    let first = FLOORS
+        .lock()
+        .map(|mut f| f.insert(name.clone()))
+        .unwrap_or(false);
+    if !first {
+        return name;
+    }
+    let record = Record::new()
+        .str("kind", "floor")
+        .str("group", &name)
+        .num("leaves", words)
+        .num("zero_bytes", zero_bytes);
+    if let Err(e) = record.write(&name) {
+        eprintln!("cannot write the record of {name}: {e}");
+    }
+    let mut buf = floor::Words::new(words as usize, zero_bytes as usize);
+    let mut g = c.benchmark_group(&name);
+    g.throughput(Throughput::Elements(words));
+    g.bench_function("store", |b| {
+        b.iter(|| floor::store(std::hint::black_box(buf.plain()), 0x907))
     });
-    g.bench_function("query_every_page", |b| {
-        let t = mapped(&h);
-        b.iter(|| {
-            let mut sum = 0u64;
-            for p in 0..PAGES {
-                sum ^= t
-                    .query(Gpa::new(p << 12))
-                    .expect("in range")
-                    .expect("mapped")
-                    .hpa
-                    .raw();
-            }
-            sum
-        })
+    g.bench_function("load", |b| {
+        b.iter(|| floor::load(std::hint::black_box(buf.plain())))
     });
-    g.bench_function("write_protect_range", |b| {
-        b.iter_batched(
-            || mapped(&h),
-            |mut t| {
-                t.protect(whole, Perms::READ).expect("protect");
-                t
-            },
-            BatchSize::PerIteration,
-        )
+    g.bench_function("and_not", |b| {
+        b.iter(|| floor::and_not(std::hint::black_box(buf.plain()), 0x2))
     });
-    g.bench_function("unmap_range", |b| {
-        b.iter_batched(
-            || mapped(&h),
-            |mut t| {
-                t.unmap(whole).expect("unmap");
-                t
-            },
-            BatchSize::PerIteration,
-        )
+    g.bench_function("atomic_and_not", |b| {
+        b.iter(|| floor::atomic_and_not(std::hint::black_box(buf.atomic()), 0x2))
+    });
+    g.bench_function("zero", |b| {
+        b.iter(|| floor::zero(std::hint::black_box(buf.table_bytes())))
     });
     g.finish();
+    name
 }
 
-criterion_group!(benches, bench);
+// --- criterion ------------------------------------------------------------------------------
+
+/// Short enough for a full run of every group in about 20 minutes on 2 cores; the command line
+/// (`--sample-size`, `--warm-up-time`, `--measurement-time`) overrides it.
+fn config() -> Criterion {
+    Criterion::default()
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .without_plots()
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = machine, x86, arm64, riscv, loongarch, mips, ppc, rust_peers
+}
 criterion_main!(benches);

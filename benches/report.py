@@ -1,0 +1,448 @@
+#!/usr/bin/env python3
+"""Regenerates BENCHMARKS.md and benchmarks.csv from one criterion run of tdp-benches.
+
+Reads, under the criterion output directory (default: <repo>/target/criterion):
+  - <group>/<bench>/new/estimates.json and benchmark.json, written by criterion: the median
+    `point_estimate`, in ns per iteration;
+  - tdp-meta/<group>.json and tdp-meta/machine.json, written by benches/benches/explicit.rs: what
+    each group measured (subject, leaf size, number of leaves, its floor group, memory) and the
+    machine.
+Every time is divided by the number of leaves of its group ("ns per page": per leaf of the
+group's size). Results older than the run's machine record are ignored as stale.
+
+Python 3 standard library only.
+  python3 benches/report.py [--criterion DIR] [--md FILE] [--csv FILE] [--duration TEXT]
+"""
+
+import argparse
+import csv
+import datetime
+import json
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+COMMAND = "cargo bench -p tdp-benches --bench explicit && python3 benches/report.py"
+
+# The operations, in table order, with the floor each is compared with.
+OPS = [
+    ("map_range", "map, one range call", "store"),
+    ("map_pages", "map, one call per page", "store"),
+    ("query", "query every page", "load"),
+    ("protect", "write-protect the range", None),  # per group: and_not or atomic_and_not
+    ("unmap_range", "unmap, one range call", "zero"),
+    ("unmap_pages", "unmap, one call per page", "zero"),
+    ("split", "split 1 GiB into pages", "store"),
+    ("collapse", "collapse pages back", "load"),
+    ("teardown", "teardown (drop)", "zero"),
+]
+OP_TITLE = {op: title for op, title, _ in OPS}
+FLOOR_TITLE = {
+    "store": "plain store",
+    "load": "plain load",
+    "and_not": "plain and-not",
+    "atomic_and_not": "atomic and-not",
+    "zero": "zero the tree's bytes",
+}
+
+CONFIGS = [
+    ("ept-ad", "Intel EPT, 4 levels, accessed/dirty flags on, MAXPHYADDR 46"),
+    ("ept-noad", "Intel EPT, 4 levels, accessed/dirty flags off"),
+    ("npt", "AMD NPT, 4 levels, NX, 1 GiB pages"),
+    ("arm64-4k", "Arm stage 2, 4 KiB granule, 40-bit IPA (3 levels, 2 concatenated root tables), "
+                 "48-bit PA, FWB, hardware Access flag and dirty state"),
+    ("arm64-16k", "Arm stage 2, 16 KiB granule, otherwise as arm64-4k"),
+    ("arm64-64k", "Arm stage 2, 64 KiB granule, otherwise as arm64-4k"),
+    ("rv-sv48x4", "RISC-V G-stage Sv48x4 (16 KiB root), Svadu, Svpbmt, no Svvptc"),
+    ("loongarch-16k", "LoongArch, Linux's 16 KiB pages, 3 levels, software refill"),
+    ("mips-16k", "MIPS VZ, little-endian, 16 KiB pages, 3 levels, RIXI (no huge leaves in this layout)"),
+    ("ppc-4k", "Power radix partition-scoped, 4 KiB pages (13/9/9/9, 64 KiB root), big-endian entries"),
+    ("ppc-64k", "Power radix, 64 KiB pages (13/9/9/5, 256-byte leaf tables)"),
+]
+
+PEER_OPS = [
+    ("map, one range call", "`cursor().map_region(.., allow_huge)`", "`map_range` (NO_BLOCK_MAPPINGS for 4 KiB)",
+     "`map(MapConfig { allow_huge, .. })`", "—"),
+    ("map, one call per page", "`cursor.map`", "`map_range` of one page", "`map_page`", "`map_to(..).ignore()`"),
+    ("query every page", "`query`", "`walk_range` over the page (no point lookup)", "`query`", "`translate_addr`"),
+    ("write-protect the range", "`cursor().protect_region`", "`modify_range` clearing S2AP's write bit",
+     "`protect_region`", "`update_flags` per page"),
+    ("unmap, one range call", "`cursor().unmap_region` (tables kept until drop)",
+     "`map_range` without VALID (frees covered subtables)", "`unmap` (frees empty tables)", "—"),
+    ("unmap, one call per page", "`cursor.unmap`", "`map_range` without VALID, per page",
+     "`unmap_page` (rescans the table)", "`unmap` per page, then `clean_up`"),
+    ("split 1 GiB into pages", "—", "`map_range` with NO_BLOCK_MAPPINGS and SWFLAG_0 added (rebuilds the block as pages)",
+     "`split_huge_page` per huge leaf, 1G then 2M", "—"),
+    ("collapse pages back", "—", "—", "—", "—"),
+    ("teardown (drop)", "drop", "drop", "drop", "— (the owner frees the tables itself)"),
+]
+
+PEER_TARGET = 0.5  # at least 2x faster than the fastest peer
+FLOOR_TARGET = 2.0  # within 2x of the floor
+MEMORY_TARGET = 1.1  # table memory within 1.1x of the minimum
+METADATA_TARGET = 16  # bytes per table page
+
+
+def load_json(path):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def read_meta(crit):
+    meta_dir = os.path.join(crit, "tdp-meta")
+    if not os.path.isdir(meta_dir):
+        sys.exit(f"no {meta_dir}: run `cargo bench -p tdp-benches --bench explicit` first")
+    groups, machine, machine_mtime = {}, None, 0.0
+    for name in sorted(os.listdir(meta_dir)):
+        if not name.endswith(".json"):
+            continue
+        path = os.path.join(meta_dir, name)
+        rec = load_json(path)
+        if rec.get("kind") == "machine":
+            machine, machine_mtime = rec, os.path.getmtime(path)
+        else:
+            groups[rec["group"]] = rec
+    return groups, machine, machine_mtime
+
+
+def read_estimates(crit, not_before):
+    """(group, bench) -> median ns per iteration, from this run only."""
+    out, stale = {}, []
+    for dirpath, _dirs, files in os.walk(crit):
+        if os.path.basename(dirpath) != "new" or "estimates.json" not in files:
+            continue
+        bench = load_json(os.path.join(dirpath, "benchmark.json"))
+        est_path = os.path.join(dirpath, "estimates.json")
+        key = (bench["group_id"], bench["function_id"] or bench.get("value_str"))
+        if os.path.getmtime(est_path) + 1 < not_before:
+            stale.append("/".join(key))
+            continue
+        out[key] = load_json(est_path)["median"]["point_estimate"]
+    return out, stale
+
+
+def fmt_ns(x):
+    if x is None:
+        return "—"
+    if x >= 100:
+        return f"{x:.0f}"
+    if x >= 10:
+        return f"{x:.1f}"
+    if x >= 1:
+        return f"{x:.2f}"
+    return f"{x:.3f}"
+
+
+def fmt_ratio(x):
+    if x is None:
+        return "—"
+    return f"{x:.2f}×" if x < 10 else f"{x:.0f}×"
+
+
+def verdict(ratio, target):
+    """'met' or 'missed', with the gap: how many times too slow (or too big)."""
+    if ratio is None:
+        return "n/a"
+    if ratio <= target:
+        return "met"
+    return f"missed ({ratio / target:.1f}× over)"
+
+
+def size_bytes(n):
+    if n >= 1 << 20 and n % (1 << 20) == 0:
+        return f"{n >> 20} MiB"
+    if n >= 1024 and n % 1024 == 0:
+        return f"{n >> 10} KiB"
+    return f"{n} B"
+
+
+def build_rows(groups, est):
+    """One row per (group, op) measured."""
+    rows = []
+    peers_by_leaf = {}
+    for g in groups.values():
+        if g["kind"] == "peer":
+            peers_by_leaf.setdefault(g["leaf"], []).append(g)
+    for g in sorted(groups.values(), key=lambda g: (g["kind"] != "tdp", g.get("order", 0), g["group"])):
+        if g["kind"] not in ("tdp", "peer"):
+            continue
+        leaves = g["leaves"]
+        floor = groups.get(g["floor"])
+        for op, _title, floor_kind in OPS:
+            ns_iter = est.get((g["group"], op))
+            if ns_iter is None:
+                continue
+            if floor_kind is None:
+                floor_kind = g.get("protect_floor", "and_not")
+            floor_ns = est.get((g["floor"], floor_kind)) if floor else None
+            fastest, fastest_name = None, None
+            for p in peers_by_leaf.get(g["leaf"], []):
+                v = est.get((p["group"], op))
+                if v is not None and (fastest is None or v < fastest):
+                    fastest, fastest_name = v, p["subject"]
+            per_page = ns_iter / leaves
+            floor_pp = floor_ns / leaves if floor_ns is not None else None
+            peer_pp = fastest / leaves if fastest is not None else None
+            r_floor = per_page / floor_pp if floor_pp else None
+            r_peer = per_page / peer_pp if peer_pp else None
+            rows.append(
+                {
+                    "kind": g["kind"],
+                    "subject": g["subject"],
+                    "leaf": g["leaf"],
+                    "leaves": leaves,
+                    "op": op,
+                    "ns_per_iter": ns_iter,
+                    "ns_per_page": per_page,
+                    "floor": floor_kind,
+                    "floor_ns_per_page": floor_pp,
+                    "ratio_to_floor": r_floor,
+                    "fastest_peer": fastest_name,
+                    "fastest_peer_ns_per_page": peer_pp,
+                    "ratio_to_fastest_peer": r_peer,
+                    "floor_target": verdict(r_floor, FLOOR_TARGET) if g["kind"] == "tdp" else "",
+                    "peer_target": verdict(r_peer, PEER_TARGET) if g["kind"] == "tdp" else "",
+                    "table_bytes": g["table_bytes"],
+                    "table_bytes_min": g["table_bytes_min"],
+                    "cached_bytes": g["cached_bytes"],
+                    "metadata_bytes_per_table": g["metadata_bytes_per_table"],
+                    "table_bytes_after_unmap": g["table_bytes_after_unmap"],
+                }
+            )
+    return rows
+
+
+def write_csv(rows, path):
+    fields = [
+        "kind", "subject", "leaf", "leaves", "op", "ns_per_iter", "ns_per_page", "floor",
+        "floor_ns_per_page", "ratio_to_floor", "fastest_peer", "fastest_peer_ns_per_page",
+        "ratio_to_fastest_peer", "floor_target", "peer_target", "table_bytes", "table_bytes_min",
+        "cached_bytes", "metadata_bytes_per_table", "table_bytes_after_unmap",
+    ]
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=fields, lineterminator="\n")
+        w.writeheader()
+        for r in rows:
+            out = {}
+            for k in fields:
+                v = r[k]
+                if isinstance(v, float):
+                    v = f"{v:.6g}"
+                out[k] = "" if v is None else v
+            w.writerow(out)
+
+
+def leaf_order(groups):
+    leaves = {}
+    for g in groups.values():
+        if "leaf_bytes" in g:
+            leaves[g["leaf"]] = g["leaf_bytes"]
+    return sorted(leaves, key=lambda k: leaves[k])
+
+
+def markdown(groups, machine, rows, est, stale, duration):
+    tdp = [r for r in rows if r["kind"] == "tdp"]
+    # Columns in the order the run measured them (x86 first, then arm64, ...; peers last).
+    first = {}
+    for g in groups.values():
+        if g["kind"] in ("tdp", "peer"):
+            first[g["subject"]] = min(first.get(g["subject"], 1 << 30), g.get("order", 1 << 20))
+    measured = {r["subject"] for r in rows}
+    subjects = sorted({r["subject"] for r in tdp}, key=lambda s: (first.get(s, 0), s))
+    peer_names = sorted({g["subject"] for g in groups.values()
+                         if g["kind"] == "peer" and g["subject"] in measured},
+                        key=lambda s: (first.get(s, 0), s))
+    by = {(r["subject"], r["leaf"], r["op"]): r for r in rows}
+
+    out = []
+    w = out.append
+    w("# Benchmarks")
+    w("")
+    w("Generated by `benches/report.py` from one criterion run of `benches/benches/explicit.rs` "
+      "(issue 14). Do not edit by hand: rerun the command below.")
+    w("")
+    w("## Machine and command")
+    w("")
+    if machine:
+        w(f"- CPU: {machine['cpu']} ({machine.get('cpu_id', '')}, {machine.get('mhz', '?')} MHz, "
+          f"cache {machine.get('cache', '?')}); {machine['cpus']} CPUs available to the run; "
+          f"{machine['os']}/{machine['arch']}. The machine is shared with other work, so medians "
+          "can move between runs: compare cells of the same run.")
+        w(f"- Code: commit `{machine.get('commit', '?')}`, {machine.get('rustc', '?')}, "
+          "release profile of the workspace.")
+    w(f"- Reproduce: `{COMMAND}` (writes this file and `benchmarks.csv`).")
+    w("- Settings: criterion 0.5, 10 samples, 0.5 s warm-up, 2 s measurement per benchmark "
+      "(set in `config()` of the bench; the command line overrides them).")
+    if duration:
+        w(f"- Duration of the run: {duration}.")
+    w(f"- Report generated {datetime.date.today().isoformat()}.")
+    if stale:
+        w(f"- {len(stale)} older results found beside this run were ignored (stale).")
+    w("")
+    w("## What is measured")
+    w("")
+    w("Each architecture configuration maps 1 GiB of guest memory with leaves of one size "
+      "(every leaf size the geometry has up to 1 GiB) and runs the explicit API on it: map the "
+      "range in one call, map it page by page, query every page, write-protect the range "
+      "(RWX → RX), unmap the range in one call, unmap it page by page, split a 1 GiB leaf (or "
+      "the largest leaf level) into pages and collapse them back, and tear the table down. Each "
+      "operation starts from a fresh table built outside the timed part. "
+      "**ns per page** is the median time of one operation divided by the number of leaves "
+      "(for 2M/1G groups: per 2 MiB / 1 GiB leaf).")
+    w("")
+    w("- **Table memory** for the engine comes from the testing kit's `HeapHost`, a warm pool "
+      "(freed tables are reused, no page faults after the first iteration); its bookkeeping is in "
+      "every time (`host_alloc_free` shows what the host alone costs for the tree's tables). "
+      "The peers get a warm frame pool of the benches (a vector push/pop per frame). Allocation "
+      "is included in every time, for the engine and the peers.")
+    w("- **Floor**: a raw loop over as many 8-byte words as the group has leaves, doing the least "
+      "memory work the operation needs: plain store (map, split), plain load (query, collapse), "
+      "plain and-not (write-protect: the workload presets A/D, KVM's policy, so no entry has bits "
+      "hardware may set meanwhile and no locked update is needed; a locked and-not per entry is "
+      "shown as a reference row), zeroing the bytes of the minimal tree (unmap, teardown). The "
+      "floor column shows the floor of the first architecture; each ratio uses its own group's "
+      "floor (the word count is the same, the tree's bytes differ slightly).")
+    w("- **Peers** (x86-style 4-level tables, the geometry they share; each checked after its "
+      "work: sampled translations after map, protect and split, none after unmap, every frame "
+      "back after teardown): `ptm` page_table_multiarch 0.6.2 `X64PageTable`; `a64p` "
+      "aarch64-paging 0.12.3 `Mapping<_, Stage2>`; `ptg` page-table-generic 0.9.1 with an "
+      "EPT-like user entry; `x64` x86_64 0.15.5 `OffsetPageTable`. `—` means the peer has no "
+      "such operation (see `benches/benches/peers/*.rs` for how each one does each operation).")
+    w("")
+    w("Configurations (one line each in `benches/benches/explicit.rs`):")
+    w("")
+    for label, text in CONFIGS:
+        if any(g.get("subject") == label for g in groups.values()):
+            w(f"- `{label}`: {text}")
+    w("")
+    w("How each peer does each operation (its users' way; shared/anchors/rust-peers.md §1):")
+    w("")
+    w("| operation | ptm | a64p | ptg | x64 |")
+    w("|---|---|---|---|---|")
+    for row in PEER_OPS:
+        w("| " + " | ".join(row) + " |")
+    w("")
+    w("## Targets")
+    w("")
+    w("Every operation at least 2× faster than the fastest peer (ratio ≤ 0.5) and within 2× of "
+      "its floor; table memory within 1.1× of the minimum for the layout; at most 16 bytes of "
+      "metadata per table page.")
+    w("")
+    n_floor = [r for r in tdp if r["ratio_to_floor"] is not None]
+    n_peer = [r for r in tdp if r["ratio_to_fastest_peer"] is not None]
+    met_floor = sum(1 for r in n_floor if r["ratio_to_floor"] <= FLOOR_TARGET)
+    met_peer = sum(1 for r in n_peer if r["ratio_to_fastest_peer"] <= PEER_TARGET)
+    tdp_groups = [g for g in groups.values() if g["kind"] == "tdp"]
+    met_mem = sum(1 for g in tdp_groups if g["table_bytes"] <= MEMORY_TARGET * g["table_bytes_min"])
+    met_meta = sum(1 for g in tdp_groups if g["metadata_bytes_per_table"] <= METADATA_TARGET)
+    w("| target | met | missed |")
+    w("|---|---|---|")
+    w(f"| ≥ 2× faster than the fastest peer | {met_peer} | {len(n_peer) - met_peer} |")
+    w(f"| within 2× of the floor | {met_floor} | {len(n_floor) - met_floor} |")
+    w(f"| table memory ≤ 1.1× minimum | {met_mem} | {len(tdp_groups) - met_mem} |")
+    w(f"| metadata ≤ 16 B per table page | {met_meta} | {len(tdp_groups) - met_meta} |")
+    w("")
+
+    for leaf in leaf_order(groups):
+        leaf_subjects = [s for s in subjects if any(k[0] == s and k[1] == leaf for k in by)]
+        leaf_peers = [p for p in peer_names if any(k[0] == p and k[1] == leaf for k in by)]
+        if not leaf_subjects and not leaf_peers:
+            continue
+        leaves = next(g["leaves"] for g in groups.values() if g.get("leaf") == leaf)
+        w(f"## {leaf} leaves ({leaves:,} over 1 GiB): ns per page")
+        w("")
+        head = ["operation"] + leaf_subjects + ["floor"] + leaf_peers
+        w("| " + " | ".join(head) + " |")
+        w("|" + "---|" * len(head))
+        for op, title, _ in OPS:
+            cells = [by.get((s, leaf, op)) for s in leaf_subjects]
+            pcells = [by.get((p, leaf, op)) for p in leaf_peers]
+            if not any(cells) and not any(pcells):
+                continue
+            floor = next((c for c in cells + pcells if c and c["floor_ns_per_page"] is not None), None)
+            floor_txt = (f"{fmt_ns(floor['floor_ns_per_page'])} ({FLOOR_TITLE[floor['floor']]})"
+                         if floor else "—")
+            line = [title] + [fmt_ns(c["ns_per_page"]) if c else "—" for c in cells]
+            line += [floor_txt] + [fmt_ns(c["ns_per_page"]) if c else "—" for c in pcells]
+            w("| " + " | ".join(line) + " |")
+        # Reference rows (no targets): what the heap host alone costs for the tree's tables, and
+        # a locked read-modify-write per entry.
+        host = [est.get((f"{s}_{leaf}", "host_alloc_free")) for s in leaf_subjects]
+        floor_group = next((g["floor"] for g in groups.values()
+                            if g.get("leaf") == leaf and g["kind"] in ("tdp", "peer")), None)
+        atomic = est.get((floor_group, "atomic_and_not")) if floor_group else None
+        if any(v is not None for v in host) or atomic is not None:
+            line = ["(reference) heap host alone: alloc + free the tree's tables"]
+            line += [fmt_ns(v / leaves) if v is not None else "—" for v in host]
+            line += [f"{fmt_ns(atomic / leaves)} (atomic and-not)" if atomic is not None else "—"]
+            line += ["—"] * len(leaf_peers)
+            w("| " + " | ".join(line) + " |")
+        w("")
+        if not leaf_subjects:
+            continue
+        w(f"### {leaf}: ratios and targets")
+        w("")
+        w("| operation | arch | ns/page | floor ns/page | × floor | fastest peer | × fastest peer | within 2× of floor | ≥ 2× faster than peer |")
+        w("|---|---|---|---|---|---|---|---|---|")
+        for op, title, _ in OPS:
+            for s in leaf_subjects:
+                r = by.get((s, leaf, op))
+                if not r:
+                    continue
+                peer_txt = (f"{r['fastest_peer']} {fmt_ns(r['fastest_peer_ns_per_page'])}"
+                            if r["fastest_peer"] else "—")
+                w(f"| {title} | {s} | {fmt_ns(r['ns_per_page'])} | "
+                  f"{fmt_ns(r['floor_ns_per_page'])} | {fmt_ratio(r['ratio_to_floor'])} | "
+                  f"{peer_txt} | {fmt_ratio(r['ratio_to_fastest_peer'])} | "
+                  f"{r['floor_target']} | {r['peer_target'] or 'n/a'} |")
+        w("")
+
+    w("## Memory")
+    w("")
+    w("Table bytes of the tree after mapping the range (the root included), against the fewest "
+      "any engine needs for that layout; the engine's reserve of free tables kept for the next "
+      "operations (`cached`, not part of the tree); metadata per table page; and table bytes "
+      "still held after unmapping the range. Peers: frames counted in the pool; their metadata "
+      "from their own structures (none keeps per-table records: they find tables through entries "
+      "and pay with walks, rescans or never freeing).")
+    w("")
+    w("| subject | leaves | table bytes | minimum | × minimum | cached | metadata B/table | after unmap | memory target | metadata target |")
+    w("|---|---|---|---|---|---|---|---|---|---|")
+    order = {s: i for i, s in enumerate(subjects + peer_names)}
+    lorder = {l: i for i, l in enumerate(leaf_order(groups))}
+    for g in sorted((g for g in groups.values() if g["kind"] in ("tdp", "peer")),
+                    key=lambda g: (g["kind"] != "tdp", lorder.get(g["leaf"], 0), order.get(g["subject"], 0))):
+        ratio = g["table_bytes"] / g["table_bytes_min"]
+        mem_v = verdict(ratio, MEMORY_TARGET) if g["kind"] == "tdp" else ""
+        meta_v = ("met" if g["metadata_bytes_per_table"] <= METADATA_TARGET else "missed") if g["kind"] == "tdp" else ""
+        w(f"| {g['subject']} {g['leaf']} | {g['leaves']:,} | {size_bytes(g['table_bytes'])} | "
+          f"{size_bytes(g['table_bytes_min'])} | {fmt_ratio(ratio)} | {size_bytes(g['cached_bytes'])} | "
+          f"{g['metadata_bytes_per_table']} | {size_bytes(g['table_bytes_after_unmap'])} | {mem_v} | {meta_v} |")
+    w("")
+    return "\n".join(out) + "\n"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--criterion", default=os.environ.get("CRITERION_HOME")
+                    or os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "criterion"))
+    ap.add_argument("--md", default=os.path.join(ROOT, "BENCHMARKS.md"))
+    ap.add_argument("--csv", default=os.path.join(ROOT, "benchmarks.csv"))
+    ap.add_argument("--duration", default="", help="wall time of the run, for the record")
+    args = ap.parse_args()
+
+    groups, machine, machine_mtime = read_meta(args.criterion)
+    est, stale = read_estimates(args.criterion, machine_mtime)
+    rows = build_rows(groups, est)
+    if not rows:
+        sys.exit("no results of this run found")
+    write_csv(rows, args.csv)
+    with open(args.md, "w", encoding="utf-8") as f:
+        f.write(markdown(groups, machine, rows, est, stale, args.duration))
+    print(f"wrote {args.md} and {args.csv}: {len(rows)} results"
+          + (f", {len(stale)} stale ignored" if stale else ""))
+
+
+if __name__ == "__main__":
+    main()
