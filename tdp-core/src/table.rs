@@ -7,13 +7,14 @@
 //! in [`crate::host`]).
 
 use core::ops::ControlFlow;
+use core::sync::atomic::Ordering;
 
 use crate::addr::{Gpa, GpaRange, Hpa, Level};
 use crate::error::Error;
 use crate::format::{AdState, Attrs, Cmo, EntryKind, Perms, PteFormat};
 use crate::geometry::{Geometry, MAX_LEVELS};
 use crate::host::{Host, TableMeta, TlbFlush};
-use crate::iter::{Iter, Visit};
+use crate::iter::{leaf_slot, lookup, Iter, Visit};
 use crate::pool::TableCache;
 use crate::update::{adjust_count, fill_table, set_entry, update_at, write_leaves, Op};
 
@@ -248,41 +249,18 @@ impl<F: PteFormat, H: Host> Table<F, H> {
         self.cache.trim_to(&self.host, &geo, &self.keep);
     }
 
-    /// The level of the leaf mapping `gpa`, if any (one walk from the root).
-    fn leaf_level_at(&self, gpa: u64) -> Option<Level> {
-        let mut it = self.iter(gpa, gpa, Level::LEAF);
-        it.without_post();
-        while it.valid() && it.visit() == Visit::TablePre {
-            it.next();
-        }
-        (it.valid() && it.visit() == Visit::Leaf && it.kind() == EntryKind::Leaf)
-            .then(|| it.level())
-    }
-
-    /// The tables needed to split the huge leaves that the edges of `[start, last]` cut: a leaf
-    /// at level `k` around an edge not aligned to its size is split level by level until the
-    /// edge is aligned; both edges inside one leaf share its first split.
+    /// The tables needed to split the huge leaves the edges of `[start, last]` may cut: at most
+    /// one per edge and level below the root (one when both edges fall in the same span). An
+    /// upper bound from the addresses alone, with no walk: once the cache holds it (the steady
+    /// state, as freed and unused tables stay reserved) later operations reserve nothing.
     fn edge_need(&self, start: u64, last: u64) -> [u64; MAX_LEVELS] {
         let geo = self.geometry();
         let mut need = [0u64; MAX_LEVELS];
-        // Two edges need at most two tables per level: when the cache holds that many already
-        // (the steady state), the walks to the edges are not worth making.
-        let lens = self.cache.lens();
-        if (0..geo.root_level().index()).all(|l| lens[l] >= 2) {
-            return need;
-        }
         let end = last + 1;
-        let at_start = self.leaf_level_at(start);
-        let at_end = if end >> geo.ia_bits() == 0 {
-            self.leaf_level_at(end)
-        } else {
-            None
-        };
         for l in 1..geo.levels() as usize {
-            let level = Level::from_index(l);
-            let mask = geo.level_size(level) - 1;
-            let cut_start = at_start.is_some_and(|k| k >= level) && start & mask != 0;
-            let cut_end = at_end.is_some_and(|k| k >= level) && end & mask != 0;
+            let mask = geo.level_size(Level::from_index(l)) - 1;
+            let cut_start = start & mask != 0;
+            let cut_end = end & mask != 0 && end >> geo.ia_bits() == 0;
             let shared = cut_start && cut_end && start & !mask == last & !mask;
             need[l - 1] = u64::from(cut_start) + u64::from(cut_end) - u64::from(shared);
         }
@@ -352,17 +330,14 @@ impl<F: PteFormat, H: Host> Table<F, H> {
                 && level <= max_level
                 && (hpa.raw() ^ start) & (geo.level_size(level) - 1) == 0;
         }
+        // One page whose tables all exist: write the leaf directly (the fault path's shape).
+        if range.size() == geo.page_size() && self.map_page_fast(start, hpa, &attrs, opts) {
+            return Ok(());
+        }
+
         let cached_before = self.cache.lens();
         self.reserve(&map_bound(&geo, start, last, &leaf_ok))?;
-
-        // Cache maintenance for the whole host range, once, before any entry becomes valid.
-        let cmo = self.fmt.cmo(&attrs);
-        if cmo.contains(Cmo::CLEAN_DCACHE) {
-            self.host.clean_dcache(hpa, range.size());
-        }
-        if cmo.contains(Cmo::INVAL_ICACHE) {
-            self.host.invalidate_icache(hpa, range.size());
-        }
+        self.cache_maintenance(hpa, range.size(), &attrs);
 
         let mut op = Op::new();
         let conflict = self.map_walk(start, last, hpa.raw(), &attrs, &leaf_ok, opts, &mut op);
@@ -379,6 +354,83 @@ impl<F: PteFormat, H: Host> Table<F, H> {
         }
         self.finish(op);
         Ok(())
+    }
+
+    /// Cache maintenance for a host range about to be mapped with `attrs`, once, before any entry
+    /// mapping it becomes valid.
+    fn cache_maintenance(&self, hpa: Hpa, size: u64, attrs: &Attrs) {
+        let cmo = self.fmt.cmo(attrs);
+        if cmo.contains(Cmo::CLEAN_DCACHE) {
+            self.host.clean_dcache(hpa, size);
+        }
+        if cmo.contains(Cmo::INVAL_ICACHE) {
+            self.host.invalidate_icache(hpa, size);
+        }
+    }
+
+    /// Maps the page at `gpa` if every table down to its level-0 slot exists and the slot is
+    /// empty; false (nothing done) otherwise, for the general path to handle.
+    fn map_page_fast(&mut self, gpa: u64, hpa: Hpa, attrs: &Attrs, opts: MapOptions) -> bool {
+        // SAFETY: `self.root` is this tree's live root, built with `self.fmt` on `self.host`, and
+        // `gpa` is within the input width (checked by the caller).
+        let Some((slot, table)) = (unsafe { leaf_slot(&self.fmt, &self.host, self.root, gpa) })
+        else {
+            return false;
+        };
+        if slot.load(F::BYTE_ORDER) != self.fmt.empty(Level::LEAF) {
+            return false;
+        }
+        self.cache_maintenance(hpa, self.fmt.geometry().page_size(), attrs);
+        slot.store(
+            self.fmt
+                .make_leaf(hpa, Level::LEAF, attrs, opts.young_dirty),
+            F::BYTE_ORDER,
+        );
+        // SAFETY: `table` is a live table of this tree (Host contract for `meta`).
+        let count = &unsafe { self.host.meta(table).as_ref() }.count;
+        count.store(count.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        self.stats.leaves[0] += 1;
+        if self.fmt.caches_empty_entries() {
+            let page = self.fmt.geometry().page_size();
+            self.host.flush_tlb(TlbFlush::Range {
+                start: Gpa::new(gpa),
+                size: page,
+                level: Some(Level::LEAF),
+                tables: false,
+            });
+        }
+        true
+    }
+
+    /// Unmaps the 4 KiB-level leaf at `gpa` if its table keeps other entries (so nothing is
+    /// freed); false (nothing done) otherwise, for the general path to handle.
+    fn unmap_page_fast(&mut self, gpa: u64) -> bool {
+        // SAFETY: as in `map_page_fast`.
+        let Some((slot, table)) = (unsafe { leaf_slot(&self.fmt, &self.host, self.root, gpa) })
+        else {
+            return false;
+        };
+        let old = slot.load(F::BYTE_ORDER);
+        let empty = self.fmt.empty(Level::LEAF);
+        if old == empty {
+            return true; // a hole: nothing to do, nothing to flush
+        }
+        // SAFETY: `table` is a live table of this tree (Host contract for `meta`).
+        let count = &unsafe { self.host.meta(table).as_ref() }.count;
+        let c = count.load(Ordering::Relaxed);
+        if c <= 1 || self.fmt.classify(old, Level::LEAF) != EntryKind::Leaf {
+            return false; // the table would become empty: the general path frees it
+        }
+        slot.store(empty, F::BYTE_ORDER);
+        count.store(c - 1, Ordering::Relaxed);
+        self.stats.leaves[0] -= 1;
+        self.host.flush_tlb(TlbFlush::Range {
+            start: Gpa::new(gpa),
+            size: self.fmt.geometry().page_size(),
+            level: Some(Level::LEAF),
+            tables: false,
+        });
+        true
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -511,6 +563,9 @@ impl<F: PteFormat, H: Host> Table<F, H> {
     /// by the range cannot be split (nothing is changed).
     pub fn unmap(&mut self, range: GpaRange) -> Result<(), Error> {
         let (start, last) = self.check_range(range)?;
+        if range.size() == self.geometry().page_size() && self.unmap_page_fast(start) {
+            return Ok(());
+        }
         self.reserve(&self.edge_need(start, last))?;
         let mut op = Op::new();
         self.zap_walk(start, last, &mut op);
@@ -614,7 +669,7 @@ impl<F: PteFormat, H: Host> Table<F, H> {
             self.check_leaf_attrs(start, last, perms)?;
         }
         self.reserve(&self.edge_need(start, last))?;
-        if perms.intersects(Perms::EXEC) {
+        if perms.intersects(Perms::EXEC) && self.may_need_icache(perms) {
             self.icache_before_exec(start, last, perms);
         }
         let mut op = Op::new();
@@ -693,14 +748,43 @@ impl<F: PteFormat, H: Host> Table<F, H> {
         Ok(())
     }
 
+    /// Whether any leaf made executable with `perms` could need an instruction-cache
+    /// invalidation (never, on coherent formats: then no pre-pass is made).
+    fn may_need_icache(&self, perms: Perms) -> bool {
+        use crate::format::MemType::*;
+        [
+            WriteBack,
+            WriteThrough,
+            WriteProtect,
+            WriteCombining,
+            Uncached,
+            Device,
+        ]
+        .into_iter()
+        .flat_map(|mem| {
+            [false, true].map(|ignore_guest_memtype| Attrs {
+                perms,
+                mem,
+                ignore_guest_memtype,
+            })
+        })
+        .any(|a| self.fmt.cmo(&a).contains(Cmo::INVAL_ICACHE))
+    }
+
     /// Checks that every leaf in `[start, last]` can take `perms` with its memory type.
     fn check_leaf_attrs(&self, start: u64, last: u64, perms: Perms) -> Result<(), Error> {
         let mut it = self.iter(start, last, Level::LEAF);
         it.without_post();
+        let mut checked: Option<u64> = None;
         while it.valid() {
             if it.visit() == Visit::Leaf && it.kind() == EntryKind::Leaf {
-                let attrs = self.fmt.leaf_attrs(it.old(), it.level());
-                self.fmt.check_attrs(&Attrs { perms, ..attrs })?;
+                // Leaves with one attribute key share the answer.
+                let key = self.fmt.leaf_key(it.old(), it.level());
+                if checked != Some(key) {
+                    let attrs = self.fmt.leaf_attrs(it.old(), it.level());
+                    self.fmt.check_attrs(&Attrs { perms, ..attrs })?;
+                    checked = Some(key);
+                }
             }
             it.next();
         }
@@ -756,21 +840,17 @@ impl<F: PteFormat, H: Host> Table<F, H> {
                 bits: geo.ia_bits(),
             });
         }
-        let mut it = self.iter(gpa.raw(), gpa.raw(), Level::LEAF);
-        it.without_post();
-        while it.valid() && it.visit() == Visit::TablePre {
-            it.next();
-        }
-        if !it.valid() || it.visit() != Visit::Leaf || it.kind() != EntryKind::Leaf {
+        // SAFETY: `self.root` is this tree's live root, built with `self.fmt` on `self.host`, and
+        // `gpa` is within the input width (checked above).
+        let (level, raw) = unsafe { lookup(&self.fmt, &self.host, self.root, gpa.raw()) };
+        if self.fmt.classify(raw, level) != EntryKind::Leaf {
             return Ok(None);
         }
-        let level = it.level();
-        let raw = it.old();
         let size = geo.level_size(level);
         let base = self.fmt.leaf_addr(raw, level);
         Ok(Some(Mapping {
             hpa: Hpa::new(base.raw() + (gpa.raw() & (size - 1))),
-            leaf_gpa: Gpa::new(it.gpa()),
+            leaf_gpa: Gpa::new(gpa.raw() & !(size - 1)),
             level,
             size,
             attrs: self.fmt.leaf_attrs(raw, level),
@@ -1000,10 +1080,21 @@ unsafe fn fill_split<F: PteFormat, H: Host>(
 ) {
     let child_level = Level::from_index(level.index() - 1);
     let virt = host.phys_to_virt(child);
-    for i in 0..fmt.geometry().entries(child_level) {
+    let n = fmt.geometry().entries(child_level);
+    // The pieces usually differ only by a constant step (the address field); checked at the ends.
+    let c0 = fmt.split_child(huge, level, 0);
+    let step = fmt.split_child(huge, level, 1).wrapping_sub(c0);
+    let linear =
+        fmt.split_child(huge, level, n - 1) == c0.wrapping_add(((n - 1) as u64).wrapping_mul(step));
+    for i in 0..n {
         // SAFETY: `i` is below the entry count of the table the caller guarantees.
         let e = unsafe { crate::entry::EntryPtr::new(virt, i) };
-        e.store_relaxed(fmt.split_child(huge, level, i), F::BYTE_ORDER);
+        let v = if linear {
+            c0.wrapping_add((i as u64).wrapping_mul(step))
+        } else {
+            fmt.split_child(huge, level, i)
+        };
+        e.store_relaxed(v, F::BYTE_ORDER);
     }
 }
 

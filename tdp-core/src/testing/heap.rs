@@ -4,7 +4,6 @@ use core::cell::RefCell;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, Ordering};
 use std::boxed::Box;
-use std::collections::BTreeMap;
 use std::vec::Vec;
 
 use crate::addr::Hpa;
@@ -25,11 +24,18 @@ pub enum HostEvent {
     InvalidateIcache(Hpa, u64),
 }
 
+/// Size classes: 256 B (2^8) .. 1 MiB (2^20).
+const CLASSES: usize = 13;
+
 #[derive(Debug, Default)]
 struct State {
     bump: u64,
-    free: BTreeMap<usize, Vec<u64>>,
-    outstanding: BTreeMap<u64, usize>,
+    /// Freed tables by size class (log2(size) - 8), reused first: a warm pool.
+    free: [Vec<u64>; CLASSES],
+    /// Per granule of the window: log2 of the size of the table allocated there, or 0.
+    sizes: Vec<u8>,
+    tables: usize,
+    bytes: usize,
     allocs: u64,
     fail_at: Option<u64>,
     events: Vec<HostEvent>,
@@ -75,6 +81,7 @@ impl HeapHost {
             state: RefCell::new(State {
                 bump: base,
                 record: true,
+                sizes: std::vec![0; (size / granule as u64) as usize],
                 ..State::default()
             }),
         }
@@ -87,12 +94,12 @@ impl HeapHost {
 
     /// Tables allocated and not freed.
     pub fn outstanding_tables(&self) -> usize {
-        self.state.borrow().outstanding.len()
+        self.state.borrow().tables
     }
 
     /// Bytes of tables allocated and not freed.
     pub fn outstanding_bytes(&self) -> usize {
-        self.state.borrow().outstanding.values().sum()
+        self.state.borrow().bytes
     }
 
     /// Number of successful allocations so far.
@@ -236,10 +243,11 @@ unsafe impl Host for HeapHost {
             s.fail_at = None;
             return None;
         }
-        if (size as u64) < 1 << self.granule_shift {
+        if !size.is_power_of_two() || size < 1 << self.granule_shift || size > 1 << 20 {
             return None;
         }
-        let pa = match s.free.get_mut(&size).and_then(Vec::pop) {
+        let class = size.trailing_zeros() as usize - 8;
+        let pa = match s.free[class].pop() {
             Some(pa) => pa,
             None => {
                 let pa = s.bump.next_multiple_of(size as u64);
@@ -251,11 +259,14 @@ unsafe impl Host for HeapHost {
             }
         };
         s.allocs += 1;
-        s.outstanding.insert(pa, size);
+        s.tables += 1;
+        s.bytes += size;
+        let slot = ((pa - self.base) >> self.granule_shift) as usize;
+        s.sizes[slot] = size.trailing_zeros() as u8;
         if s.record {
             s.events.push(HostEvent::Alloc(Hpa::new(pa), size));
         }
-        let m = &self.metas[((pa - self.base) >> self.granule_shift) as usize];
+        let m = &self.metas[slot];
         m.count.store(0, Ordering::Relaxed);
         m.link.store(0, Ordering::Relaxed);
         m.flags.store(0, Ordering::Relaxed);
@@ -264,12 +275,19 @@ unsafe impl Host for HeapHost {
 
     unsafe fn free_table(&self, pa: Hpa, size: usize) {
         let mut s = self.state.borrow_mut();
-        let had = s.outstanding.remove(&pa.raw());
+        let slot = pa
+            .raw()
+            .checked_sub(self.base)
+            .map(|off| (off >> self.granule_shift) as usize)
+            .filter(|&slot| slot < s.sizes.len());
+        let had = slot.map(|slot| core::mem::take(&mut s.sizes[slot]));
         assert_eq!(
             had,
-            Some(size),
+            Some(size.trailing_zeros() as u8),
             "free of {pa:?} ({size} bytes) that is not allocated"
         );
+        s.tables -= 1;
+        s.bytes -= size;
         // Poison the page so a use after free shows up as garbage entries.
         if s.record {
             let off = (pa.raw() - self.base) / 8;
@@ -277,7 +295,7 @@ unsafe impl Host for HeapHost {
                 w.store(0xdead_dead_dead_dead, Ordering::Relaxed);
             }
         }
-        s.free.entry(size).or_default().push(pa.raw());
+        s.free[size.trailing_zeros() as usize - 8].push(pa.raw());
         if s.record {
             s.events.push(HostEvent::Free(pa, size));
         }
