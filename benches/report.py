@@ -241,7 +241,7 @@ def leaf_order(groups):
     return sorted(leaves, key=lambda k: leaves[k])
 
 
-def markdown(groups, machine, rows, est, stale, duration):
+def markdown(groups, machine, rows, est, stale, duration, before=None, notes=""):
     tdp = [r for r in rows if r["kind"] == "tdp"]
     # Columns in the order the run measured them (x86 first, then arm64, ...; peers last).
     first = {}
@@ -398,6 +398,28 @@ def markdown(groups, machine, rows, est, stale, duration):
                   f"{r['floor_target']} | {r['peer_target'] or 'n/a'} |")
         w("")
 
+    if before:
+        w("## Engine hot spots fixed: before → after")
+        w("")
+        if notes:
+            w(notes.strip())
+            w("")
+        w("ns per page, median, the earlier run (`benches/results/before-hotspots.csv`, engine "
+          "before the changes) against this run. Both runs on the same machine; the earlier one "
+          "shared it with more work, so small differences are noise.")
+        w("")
+        w("| configuration | leaf | operation | before | after | speed-up |")
+        w("|---|---|---|---|---|---|")
+        for r in tdp:
+            b = before.get((r["subject"], r["leaf"], r["op"]))
+            if b is None or r["subject"] not in ("ept-ad", "arm64-4k", "ppc-64k") or r["leaf"] not in ("4K", "64K"):
+                continue
+            a = r["ns_per_page"]
+            w(f"| {r['subject']} | {r['leaf']} | {r['op']} | {fmt_ns(b)} | {fmt_ns(a)} | "
+              f"{fmt_ratio(b / a) if a else '—'} |")
+        w("")
+        w("Every engine cell of both runs is in the two CSV files.")
+        w("")
     w("## Memory")
     w("")
     w("Table bytes of the tree after mapping the range (the root included), against the fewest "
@@ -430,7 +452,21 @@ def main():
     ap.add_argument("--md", default=os.path.join(ROOT, "BENCHMARKS.md"))
     ap.add_argument("--csv", default=os.path.join(ROOT, "benchmarks.csv"))
     ap.add_argument("--duration", default="", help="wall time of the run, for the record")
+    ap.add_argument("--before", default=os.path.join(ROOT, "benches", "results", "before-hotspots.csv"),
+                    help="an earlier benchmarks.csv to compare with (skipped if missing)")
+    ap.add_argument("--notes", default=os.path.join(ROOT, "benches", "results", "hotspots.md"),
+                    help="text describing the engine changes between the runs (skipped if missing)")
     args = ap.parse_args()
+    before = {}
+    if os.path.exists(args.before):
+        with open(args.before, newline="", encoding="utf-8") as f:
+            for r in csv.DictReader(f):
+                if r["kind"] == "tdp":
+                    before[(r["subject"], r["leaf"], r["op"])] = float(r["ns_per_page"])
+    notes = ""
+    if os.path.exists(args.notes):
+        with open(args.notes, encoding="utf-8") as f:
+            notes = f.read()
 
     groups, machine, machine_mtime = read_meta(args.criterion)
     est, stale = read_estimates(args.criterion, machine_mtime)
@@ -439,7 +475,7 @@ def main():
         sys.exit("no results of this run found")
     write_csv(rows, args.csv)
     with open(args.md, "w", encoding="utf-8") as f:
-        f.write(markdown(groups, machine, rows, est, stale, args.duration))
+        f.write(markdown(groups, machine, rows, est, stale, args.duration, before, notes))
     print(f"wrote {args.md} and {args.csv}: {len(rows)} results"
           + (f", {len(stale)} stale ignored" if stale else ""))
 
