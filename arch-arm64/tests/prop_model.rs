@@ -25,7 +25,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use common::{expected, peek, tlbi_covers, FlushRecord, Recorder};
 use proptest::prelude::*;
 use tdp_arch_arm64::{Granule, Stage2, Stage2Caps, Stage2Options};
-use tdp_core::testing::{HeapHost, HostEvent, Model};
+use tdp_core::testing::{inject, HeapHost, HostEvent, Model};
 use tdp_core::{
     Attrs, Error, Gpa, GpaRange, Hpa, Level, MapOptions, MemType, Perms, Table, TlbFlush,
 };
@@ -462,43 +462,29 @@ fn run(cfg: &Cfg, ops: Vec<Op>) {
         } else {
             let watch: Vec<u64> = points.iter().copied().collect();
             let (start, size) = (page << shift, pages << shift);
-            let before_stats = table.stats();
-            let before_bytes = host.outstanding_bytes();
             let before_tables = tables_under(cfg, &table, start, size);
             // Allocation failure at every point: the k-th allocation fails, for k = 0, 1, ...
             // until the operation no longer reaches k allocations.
-            let mut k = 0;
-            let result = loop {
-                host.take_events();
-                table.host().begin(&watch);
-                host.fail_nth_alloc(k);
-                let r = apply(cfg, &mut table, &op);
-                let fired = host.clear_failure();
-                if let Err(Error::OutOfMemory { .. }) = r {
-                    assert!(fired, "out of memory without an injected failure");
-                    assert_eq!(
-                        host.outstanding_bytes(),
-                        before_bytes,
-                        "failed {op:?} at {k} leaked"
-                    );
-                    assert_eq!(
-                        table.stats(),
-                        before_stats,
-                        "failed {op:?} at {k} changed the tree"
-                    );
-                    for (g, p) in table.host().before.borrow().iter() {
+            // Allocation failure at every point (tdp_core::testing::inject): each failing run must
+            // leave the host's memory, the tree and every touched translation as they were.
+            let result = inject::at_every_allocation(
+                &host,
+                &mut table,
+                |t| {
+                    host.take_events();
+                    t.host().begin(&watch);
+                    apply(cfg, t, &op)
+                },
+                |t, k| {
+                    for (g, p) in t.host().before.borrow().iter() {
                         assert_eq!(
                             &peek(&host, &fmt, root, *g),
                             p,
-                            "failed {op:?} changed {g:#x}"
+                            "failed {op:?} at {k} changed {g:#x}"
                         );
                     }
-                    k += 1;
-                    continue;
-                }
-                assert!(!fired, "an injected failure was swallowed by {op:?}: {r:?}");
-                break r;
-            };
+                },
+            );
             let events = host.take_events();
             let flushes: Vec<FlushRecord> = table.host().flushes.borrow().clone();
 

@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 
 use proptest::prelude::*;
 use tdp_arch_loongarch::{LoongArch, LoongArchConfig};
-use tdp_core::testing::{HeapHost, Model};
+use tdp_core::testing::{inject, HeapHost, Model};
 use tdp_core::{
     Attrs, Error, Gpa, GpaRange, Hpa, Level, MapOptions, MemType, Perms, PteFormat, Table,
 };
@@ -392,36 +392,24 @@ fn run(geo: &Geo, space: u64, ops: Vec<Op>) {
                 host: &host,
                 statics: &statics,
             };
-            let before_tables = table.stats();
-            let before_bytes = host.outstanding_bytes();
             let before_seen: Vec<Seen> =
                 points.iter().map(|&g| oracle.peek(&mem, root, g)).collect();
-            let mut k = 0;
-            let result = loop {
-                host.fail_nth_alloc(k);
-                let r = apply(&mut table, &op, shift);
-                let fired = host.clear_failure();
-                if let Err(Error::OutOfMemory { .. }) = r {
-                    assert!(fired, "out of memory without an injected failure");
-                    assert_eq!(
-                        host.outstanding_bytes(),
-                        before_bytes,
-                        "{op:?} at {k} leaked"
-                    );
-                    assert_eq!(
-                        table.stats(),
-                        before_tables,
-                        "{op:?} at {k} changed the tree"
-                    );
+            // Allocation failure at every point (tdp_core::testing::inject): each failing run must
+            // leave the host's memory, the tree and every touched translation as they were.
+            let result = inject::at_every_allocation(
+                &host,
+                &mut table,
+                |t| apply(t, &op, shift),
+                |_, k| {
                     for (&g, seen) in points.iter().zip(&before_seen) {
-                        assert_eq!(&oracle.peek(&mem, root, g), seen, "{op:?} changed {g:#x}");
+                        assert_eq!(
+                            &oracle.peek(&mem, root, g),
+                            seen,
+                            "{op:?} at {k} changed {g:#x}"
+                        );
                     }
-                    k += 1;
-                    continue;
-                }
-                assert!(!fired, "an injected failure was swallowed by {op:?}: {r:?}");
-                break r;
-            };
+                },
+            );
 
             match op {
                 Op::Map {

@@ -15,7 +15,7 @@ use std::collections::BTreeSet;
 
 use proptest::prelude::*;
 use tdp_arch_riscv::{Gstage, GstageCaps, GstageMode, GstageOptions};
-use tdp_core::testing::{HeapHost, Model};
+use tdp_core::testing::{inject, HeapHost, Model};
 use tdp_core::{Attrs, Error, Gpa, GpaRange, Hpa, Level, MapOptions, MemType, Perms, Table};
 use tdp_walkers::gstage::{self, GstageFault, GuestPageFaultReason};
 use tdp_walkers::{Access, PhysMem};
@@ -504,42 +504,26 @@ fn run(cfg: Config, ops: Vec<Op>) {
         } else {
             // Allocation failure at every point: the k-th allocation fails, k = 0, 1, ... until
             // the operation no longer reaches k allocations.
-            let before_stats = table.stats();
-            let before_bytes = host.outstanding_bytes();
             let before: Vec<_> = points
                 .iter()
                 .map(|&g| raw_walk(&cfg, &host, hgatp, g))
                 .collect();
-            let mut k = 0;
-            let result = loop {
-                host.fail_nth_alloc(k);
-                let r = apply(&mut table, &op);
-                let fired = host.clear_failure();
-                if let Err(Error::OutOfMemory { .. }) = r {
-                    assert!(fired, "out of memory without an injected failure");
-                    assert_eq!(
-                        host.outstanding_bytes(),
-                        before_bytes,
-                        "{op:?} at {k} leaked"
-                    );
-                    assert_eq!(
-                        table.stats(),
-                        before_stats,
-                        "{op:?} at {k} changed the tree"
-                    );
+            // Allocation failure at every point (tdp_core::testing::inject): each failing run must
+            // leave the host's memory, the tree and every touched translation as they were.
+            let result = inject::at_every_allocation(
+                &host,
+                &mut table,
+                |t| apply(t, &op),
+                |_, k| {
                     for (&g, w) in points.iter().zip(&before) {
                         assert_eq!(
                             &raw_walk(&cfg, &host, hgatp, g),
                             w,
-                            "failed {op:?} changed {g:#x}"
+                            "failed {op:?} at {k} changed {g:#x}"
                         );
                     }
-                    k += 1;
-                    continue;
-                }
-                assert!(!fired, "an injected failure was swallowed by {op:?}: {r:?}");
-                break r;
-            };
+                },
+            );
 
             match op {
                 Op::Map {

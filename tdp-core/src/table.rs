@@ -525,7 +525,7 @@ impl<F: PteFormat, H: Host> Table<F, H> {
                                 }
                                 .count
                                 .store(entries as u32, core::sync::atomic::Ordering::Relaxed);
-                                set_entry(&mut it, op, fmt.make_table(child, level));
+                                set_entry(&mut it, fmt.make_table(child, level));
                                 it.skip_children();
                                 op.leaves[child_level.index()] += entries as i64;
                                 if caches_empty {
@@ -536,7 +536,7 @@ impl<F: PteFormat, H: Host> Table<F, H> {
                             } else {
                                 // SAFETY: `child` is a reserved table of `child_level`'s size.
                                 unsafe { fill_table(&*fmt, &*host, child, child_level) };
-                                set_entry(&mut it, op, fmt.make_table(child, level));
+                                set_entry(&mut it, fmt.make_table(child, level));
                                 if caches_empty {
                                     op.flush_table_span(it.gpa(), size);
                                 }
@@ -594,7 +594,7 @@ impl<F: PteFormat, H: Host> Table<F, H> {
                         let child = fmt.table_addr(it.old(), level);
                         // SAFETY: `child` is a live table of this tree (Host contract for `meta`).
                         let leaves = unsafe { host.meta(child).as_ref() }.count();
-                        set_entry(&mut it, op, fmt.empty(level));
+                        set_entry(&mut it, fmt.empty(level));
                         op.detached.push(&*host, Level::LEAF, child);
                         op.tables[0] -= 1;
                         op.leaves[0] -= i64::from(leaves);
@@ -635,7 +635,7 @@ impl<F: PteFormat, H: Host> Table<F, H> {
                     // SAFETY: `child` is a live table of this tree (Host contract for `meta`).
                     let count = unsafe { host.meta(child).as_ref() }.count();
                     if count == 0 {
-                        set_entry(&mut it, op, fmt.empty(level));
+                        set_entry(&mut it, fmt.empty(level));
                         let child_level = Level::from_index(level.index() - 1);
                         op.detached.push(&*host, child_level, child);
                         op.tables[child_level.index()] -= 1;
@@ -976,7 +976,7 @@ impl<F: PteFormat, H: Host> Table<F, H> {
                     let child = fmt.table_addr(it.old(), level);
                     if let Some(huge) = collapsible(&*fmt, &*host, child, level) {
                         let child_level = Level::from_index(level.index() - 1);
-                        set_entry(&mut it, &mut op, huge);
+                        set_entry(&mut it, huge);
                         op.detached.push(&*host, child_level, child);
                         op.tables[child_level.index()] -= 1;
                         op.leaves[child_level.index()] -= geo.entries(child_level) as i64;
@@ -1054,7 +1054,7 @@ fn split_here<F: PteFormat, H: Host>(it: &mut Iter<'_, F, H>, op: &mut Op, cache
     unsafe { fill_split(fmt, host, child, it.old(), level) };
     // Hardware may set A/D in the huge leaf until the table replaces it: retry until the table's
     // children were built from the value that is replaced.
-    while crate::update::try_set_entry(it, op, fmt.make_table(child, level)).is_err() {
+    while crate::update::try_set_entry(it, fmt.make_table(child, level)).is_err() {
         // SAFETY: as above; the table is still unlinked.
         unsafe { fill_split(fmt, host, child, it.old(), level) };
     }

@@ -198,7 +198,6 @@ pub(crate) unsafe fn write_leaves<F: PteFormat>(
 #[inline]
 pub(crate) fn try_set_entry<F: PteFormat, H: Host>(
     it: &mut Iter<'_, F, H>,
-    _op: &mut Op,
     new: u64,
 ) -> Result<(), ()> {
     let fmt = it.fmt;
@@ -243,6 +242,6 @@ pub(crate) fn try_set_entry<F: PteFormat, H: Host>(
 
 /// Replaces the entry under the iterator by `new`, whatever hardware set in it meanwhile.
 #[inline]
-pub(crate) fn set_entry<F: PteFormat, H: Host>(it: &mut Iter<'_, F, H>, op: &mut Op, new: u64) {
-    while try_set_entry(it, op, new).is_err() {}
+pub(crate) fn set_entry<F: PteFormat, H: Host>(it: &mut Iter<'_, F, H>, new: u64) {
+    while try_set_entry(it, new).is_err() {}
 }

@@ -3,12 +3,15 @@
 //! - [`HeapHost`]: table pages in a bounded physical window at a caller-chosen base (physical ≠
 //!   virtual), with leak accounting, allocation-failure injection at any chosen allocation, a
 //!   recording TLB, raw physical reads and writes for software walkers, and table-image export.
+//! - [`inject::at_every_allocation`]: runs an operation with allocation failure injected at every
+//!   point in turn and checks that each failure leaves the host and the tree as they were.
 //! - [`Model`]: the reference model, a map from guest ranges to host ranges and attributes.
 //! - [`TestFormat`]: a small generic format with knobs (hardware A/D, break-before-make), for
 //!   engine tests that do not depend on an architecture crate.
 
 mod format;
 mod heap;
+pub mod inject;
 mod model;
 
 pub use format::TestFormat;
