@@ -213,7 +213,7 @@ impl PteFormat for Stage2 {
         0
     }
 
-    fn frozen(&self) -> u64 {
+    fn frozen(&self, _level: Level) -> u64 {
         FROZEN
     }
 

@@ -271,7 +271,7 @@ fn empty_is_zero_and_frozen_is_invalid_with_bit_10() {
     let l0 = Level::LEAF;
     let l1 = Level::new(1).unwrap();
     assert_eq!(f.empty(l0), 0);
-    assert_eq!(f.frozen(), 0x400);
+    assert_eq!(f.frozen(Level::LEAF), 0x400);
     assert_eq!(f.classify(0, l1), EntryKind::Empty);
     assert_eq!(f.classify(0x400, l0), EntryKind::Frozen);
     assert_eq!(f.classify(0x400, l1), EntryKind::Frozen);
@@ -1076,7 +1076,7 @@ fn contract_round_trips_every_accepted_attribute_set_at_every_leaf_level() {
                 (EntryKind::Table, child)
             );
         }
-        assert_eq!(f.classify(f.frozen(), Level::LEAF), EntryKind::Frozen);
+        assert_eq!(f.classify(f.frozen(Level::LEAF), Level::LEAF), EntryKind::Frozen);
     }
     assert!(accepted > 100);
 }

@@ -282,7 +282,7 @@ impl PteFormat for LoongArch {
         }
     }
 
-    fn frozen(&self) -> u64 {
+    fn frozen(&self, _level: Level) -> u64 {
         FROZEN
     }
 

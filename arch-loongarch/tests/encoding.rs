@@ -688,7 +688,7 @@ fn hardware_walker_sets_v_and_d_so_they_are_volatile() {
 #[test]
 fn frozen_is_frozen_and_invalid_to_hardware_at_every_level() {
     let e = Env::new(14, 3, false);
-    let f = e.fmt.frozen();
+    let f = e.fmt.frozen(Level::LEAF);
     for l in 0..3 {
         assert_eq!(e.fmt.classify(f, Level::new(l).unwrap()), EntryKind::Frozen);
     }

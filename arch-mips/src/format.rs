@@ -439,7 +439,7 @@ impl<const BIG_ENDIAN: bool> PteFormat for Mips<BIG_ENDIAN> {
     /// WRITE | ACCESSED | MODIFIED with PRESENT = VALID = 0: never valid as a PTE. As a
     /// directory entry the refill would dereference it (it is not in an unmapped segment):
     /// shared-mode freezing of directory entries needs a per-level frozen value (trait gap).
-    fn frozen(&self) -> u64 {
+    fn frozen(&self, _level: Level) -> u64 {
         self.frozen
     }
 

@@ -667,7 +667,7 @@ fn pgd_pointer_and_frozen_value() {
         e.fmt.pgd(Hpa::new(1 << 48)),
         Err(Error::HpaTooWide { .. })
     ));
-    let f = e.fmt.frozen();
+    let f = e.fmt.frozen(Level::LEAF);
     assert_eq!(f, WRITE | ACCESSED | MODIFIED);
     for l in 0..3 {
         assert_eq!(e.fmt.classify(f, Level::new(l).unwrap()), EntryKind::Frozen);

@@ -462,7 +462,7 @@ impl PteFormat for Radix {
         0
     }
 
-    fn frozen(&self) -> u64 {
+    fn frozen(&self, _level: Level) -> u64 {
         FROZEN
     }
 

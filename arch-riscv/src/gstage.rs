@@ -415,7 +415,7 @@ impl PteFormat for Gstage {
         0
     }
 
-    fn frozen(&self) -> u64 {
+    fn frozen(&self, _level: Level) -> u64 {
         FROZEN
     }
 
@@ -635,10 +635,10 @@ mod tests {
             },
         )
         .unwrap();
-        assert_eq!(g.frozen() & V, 0);
+        assert_eq!(g.frozen(Level::LEAF) & V, 0);
         for l in 0..4 {
             assert_eq!(
-                g.classify(g.frozen(), Level::new(l).unwrap()),
+                g.classify(g.frozen(Level::new(l).unwrap()), Level::new(l).unwrap()),
                 EntryKind::Frozen
             );
         }

@@ -224,7 +224,7 @@ impl PteFormat for Ept {
         EMPTY
     }
 
-    fn frozen(&self) -> u64 {
+    fn frozen(&self, _level: Level) -> u64 {
         FROZEN
     }
 

@@ -193,7 +193,7 @@ impl PteFormat for Npt {
         EMPTY
     }
 
-    fn frozen(&self) -> u64 {
+    fn frozen(&self, _level: Level) -> u64 {
         FROZEN
     }
 

@@ -30,11 +30,11 @@ pub extern "C" fn tdp_nostd_probe() -> u64 {
         v ^= ept.empty(Level::LEAF);
     }
     if let Ok(npt) = tdp_arch_x86::Npt::new(tdp_arch_x86::NptOptions::default()) {
-        v ^= npt.frozen();
+        v ^= npt.frozen(Level::LEAF);
     }
     let s2 = tdp_arch_arm64::Stage2Options::new(tdp_arch_arm64::Granule::K4, 40, 40);
     if let Ok(s2) = tdp_arch_arm64::Stage2::new(tdp_arch_arm64::Stage2Caps::new(40), s2) {
-        v ^= s2.frozen();
+        v ^= s2.frozen(Level::LEAF);
     }
     v ^= core::mem::size_of::<tdp_arch_riscv::Gstage>() as u64;
     v ^= core::mem::size_of::<tdp_arch_ppc::Radix>() as u64;

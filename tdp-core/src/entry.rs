@@ -7,7 +7,7 @@
 //! bits, so `fetch_and`/`compare_exchange` work on swapped operands unchanged.
 
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicU64, Ordering};
+use crate::sync::{AtomicU64, Ordering};
 
 use crate::format::ByteOrder;
 

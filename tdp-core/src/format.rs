@@ -147,7 +147,9 @@ pub enum EntryKind {
 /// - `classify(empty(level), level)` is `Empty`; `classify(make_table(pa, level), level)` is `Table`
 ///   with `table_addr` = `pa`; `classify(make_leaf(hpa, level, attrs, ad), level)` is `Leaf` with
 ///   `leaf_addr` = `hpa` and `leaf_attrs` = `attrs` for every `attrs` that `check_attrs` accepts.
-/// - `frozen()` classifies as `Frozen` at every level and is never a valid hardware entry.
+/// - `frozen(level)` classifies as `Frozen` at `level`, is never a valid hardware entry, and is
+///   safe for that level's hardware (or software-refill) walker to meet: a directory entry that a
+///   refill handler follows as a pointer (MIPS) must still lead to an invalid table.
 /// - `volatile_bits` is a superset of the bits hardware can set in that entry without the engine.
 pub trait PteFormat {
     /// Byte order of entries in memory.
@@ -162,8 +164,10 @@ pub trait PteFormat {
     /// invalid table's address; others: 0).
     fn empty(&self, level: Level) -> u64;
 
-    /// The frozen value (an entry owned by an updater in shared mode).
-    fn frozen(&self) -> u64;
+    /// The frozen value at `level`: an entry owned by one updater in shared mode (during a
+    /// break-before-make, or while the table holding it is being removed). Other updaters that
+    /// meet it retry; hardware treats it as not present.
+    fn frozen(&self, level: Level) -> u64;
 
     /// Checks that `attrs` can be encoded (e.g. write without read, execute-only without the
     /// capability, split execute without MBEC/XNX, device memory with execute).

@@ -6,24 +6,47 @@
 //! uses interior mutability.
 //!
 //! # Flush contract
-//! No operation of [`crate::Table`] returns while a translation that grants more than the table
-//! now does may still be cached: every operation that removes or reduces a translation calls
-//! [`Host::flush_tlb`] once, with one range covering everything it changed, before it returns and
-//! before any table page it detached is given back with [`Host::free_table`].
+//! No operation returns while a translation that grants more than the table now does may still
+//! be cached, unless it hands its caller a [`crate::PendingFlush`] obligation that covers it:
+//! - the simple calls of [`crate::Table`] flush before they return: every operation that removes
+//!   or reduces a translation calls [`Host::flush_tlb`] at least once, with one range covering
+//!   everything it changed, before it returns and before any table page it detached is freed;
+//! - calls that take a `&mut PendingFlush` add their range and their detached tables to it; the
+//!   flush is issued when the obligation is flushed or dropped, and the tables are released only
+//!   after that flush (never before);
+//! - **break-before-make flushes at once, inside the operation**: an entry that must be broken
+//!   (`PteFormat::needs_break`) is frozen, its span is flushed with its own `flush_tlb` call, and
+//!   only then is the new value written. An operation that breaks `n` entries makes `n` such
+//!   calls besides its final one;
+//! - a long operation that stops at its budget flushes (and releases) everything it owes before it
+//!   returns the address to resume at.
+//!
+//! # When a table is freed
+//! - Exclusive mode (`&mut` access): once the flush covering it completed; the caller's
+//!   [`crate::TableCache`] may reuse it at once, since no other software walker exists.
+//! - Shared mode: once the flush covering it completed *and* a grace period elapsed: detached
+//!   tables are handed to [`SharedHost::retire`] as one [`RetiredTables`] list, which the host frees
+//!   when no walker that might still hold a pointer into them is left in a read-side section
+//!   (RCU's `call_rcu`, an epoch scheme, or the hypervisor's own quiescent points).
 
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicU32, AtomicU64};
+use crate::sync::{AtomicU32, AtomicU64, Ordering};
 
 use crate::addr::{Gpa, Hpa, Level};
+pub use crate::pool::RetiredTables;
 
 /// Bookkeeping the engine keeps for each table page, stored by the host beside the page (as a
 /// frame table entry or `struct page` would be). 16 bytes.
 #[derive(Debug, Default)]
 #[repr(C)]
 pub struct TableMeta {
-    /// Number of entries that are not the level's empty value.
+    /// Number of entries that are not the level's empty value. Exact in exclusive mode; in
+    /// shared mode updated with atomic adds, so still exact once the updaters are done, but never
+    /// trusted alone to remove a table (the table is frozen entry by entry instead).
     pub(crate) count: AtomicU32,
-    /// Reserved for the fault-driven MMU (NX huge page tracking, root flags).
+    /// Low 16 bits: how many of the counted entries are neither leaves nor tables (frozen
+    /// entries, MMIO markers), so that leaves = count - others for a leaf table. High 16 bits:
+    /// flags reserved for the fault-driven MMU (NX huge page tracking, root flags).
     pub(crate) flags: AtomicU32,
     /// Link for the engine's lists of free and to-be-freed tables (a physical address).
     pub(crate) link: AtomicU64,
@@ -33,7 +56,18 @@ static_assertions::const_assert_eq!(core::mem::size_of::<TableMeta>(), 16);
 
 impl TableMeta {
     /// A fresh record (count zero).
+    #[cfg(not(loom))]
     pub const fn new() -> TableMeta {
+        TableMeta {
+            count: AtomicU32::new(0),
+            flags: AtomicU32::new(0),
+            link: AtomicU64::new(0),
+        }
+    }
+
+    /// A fresh record (count zero).
+    #[cfg(loom)]
+    pub fn new() -> TableMeta {
         TableMeta {
             count: AtomicU32::new(0),
             flags: AtomicU32::new(0),
@@ -43,7 +77,19 @@ impl TableMeta {
 
     /// Number of non-empty entries the engine recorded for the table.
     pub fn count(&self) -> u32 {
-        self.count.load(core::sync::atomic::Ordering::Relaxed)
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// Number of counted entries that are neither leaves nor tables.
+    pub fn others(&self) -> u32 {
+        self.flags.load(Ordering::Relaxed) & 0xffff
+    }
+
+    /// Resets the record for a table about to be (re)used.
+    pub(crate) fn reset(&self) {
+        self.count.store(0, Ordering::Relaxed);
+        self.flags.store(0, Ordering::Relaxed);
+        self.link.store(0, Ordering::Relaxed);
     }
 }
 
@@ -119,6 +165,45 @@ pub unsafe trait Host {
     /// the format asks for [`crate::format::Cmo::INVAL_ICACHE`]. Default: nothing.
     fn invalidate_icache(&self, hpa: Hpa, size: u64) {
         let _ = (hpa, size);
+    }
+}
+
+/// A host that can be shared by concurrent updaters: it has read-side sections and frees detached
+/// tables only after a grace period. Shared-mode operations need it (see the module docs).
+///
+/// # Safety
+/// Implementors guarantee that a list given to [`SharedHost::retire`] is freed (with
+/// [`RetiredTables::free`]) only after every [`SharedHost::Guard`] that existed when `retire` was
+/// called has been dropped. A walker holds a guard for as long as it may follow a pointer it read
+/// from the tree, so no walker can reach a retired table once it is freed.
+pub unsafe trait SharedHost: Host + Sync {
+    /// A read-side section (`rcu_read_lock` .. `rcu_read_unlock`, an epoch pin). Shared-mode
+    /// operations borrow one for as long as they run.
+    type Guard<'a>
+    where
+        Self: 'a;
+
+    /// Enters a read-side section.
+    fn read_side(&self) -> Self::Guard<'_>;
+
+    /// Takes tables detached from a tree, whose TLB flush has completed, and frees them after a
+    /// grace period (see the trait's safety contract).
+    fn retire(&self, tables: RetiredTables);
+}
+
+// SAFETY: forwarding every method to `H`, which upholds the contract.
+unsafe impl<H: SharedHost + ?Sized> SharedHost for &H {
+    type Guard<'a>
+        = H::Guard<'a>
+    where
+        Self: 'a;
+    #[inline]
+    fn read_side(&self) -> Self::Guard<'_> {
+        (**self).read_side()
+    }
+    #[inline]
+    fn retire(&self, tables: RetiredTables) {
+        (**self).retire(tables)
     }
 }
 

@@ -48,6 +48,8 @@ pub mod geometry;
 pub mod host;
 pub mod iter;
 mod pool;
+#[doc(hidden)]
+pub mod sync;
 pub mod table;
 pub mod update;
 
@@ -58,6 +60,7 @@ pub use addr::{Gpa, GpaRange, Hpa, Level};
 pub use error::Error;
 pub use format::{AdModel, AdState, Attrs, ByteOrder, Cmo, EntryKind, MemType, Perms, PteFormat};
 pub use geometry::{Geometry, ENTRY_SIZE, MAX_LEVELS};
-pub use host::{Host, TableMeta, TlbFlush};
+pub use host::{Host, RetiredTables, SharedHost, TableMeta, TlbFlush};
+pub use pool::TableCache;
 pub use iter::Visit;
 pub use table::{MapOptions, Mapping, Stats, Table, WalkEntry};

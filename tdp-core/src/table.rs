@@ -147,7 +147,7 @@ impl<F: PteFormat, H: Host> Table<F, H> {
             fmt,
             host,
             root,
-            cache: TableCache::new(),
+            cache: TableCache::new(&geo),
             keep: [2; MAX_LEVELS],
             stats,
         })
@@ -171,15 +171,14 @@ impl<F: PteFormat, H: Host> Table<F, H> {
     /// Counters of the tree.
     pub fn stats(&self) -> Stats {
         let mut s = self.stats;
-        s.cached_bytes = self.cache.bytes(self.fmt.geometry()) as u64;
+        s.cached_bytes = self.cache.bytes() as u64;
         s
     }
 
     /// How many reserved tables of each level to keep between operations (default 2).
     pub fn set_cache_keep(&mut self, keep: u32) {
         self.keep = [keep; MAX_LEVELS];
-        let geo = *self.fmt.geometry();
-        self.cache.trim_to(&self.host, &geo, &self.keep);
+        self.cache.trim_to(&self.host, &self.keep);
     }
 
     fn geometry(&self) -> Geometry {
@@ -222,9 +221,8 @@ impl<F: PteFormat, H: Host> Table<F, H> {
     }
 
     fn reserve(&mut self, need: &[u64; MAX_LEVELS]) -> Result<(), Error> {
-        let geo = self.geometry();
         self.cache
-            .reserve(&self.host, &geo, need)
+            .reserve(&self.host, need)
             .map_err(|size| Error::OutOfMemory { size })
     }
 
@@ -235,7 +233,7 @@ impl<F: PteFormat, H: Host> Table<F, H> {
             self.host.flush_tlb(flush);
         }
         if op.detached.count > 0 {
-            op.detached.release(&self.host, &mut self.cache);
+            op.detached.release_into(&self.host, &mut self.cache);
         }
         let geo = self.geometry();
         for l in 0..geo.levels() as usize {
@@ -246,7 +244,7 @@ impl<F: PteFormat, H: Host> Table<F, H> {
                 self.stats.table_bytes = self.stats.table_bytes.wrapping_add_signed(bytes);
             }
         }
-        self.cache.trim_to(&self.host, &geo, &self.keep);
+        self.cache.trim_to(&self.host, &self.keep);
     }
 
     /// The tables needed to split the huge leaves the edges of `[start, last]` may cut: at most
@@ -349,7 +347,7 @@ impl<F: PteFormat, H: Host> Table<F, H> {
             self.finish(op);
             // Give back what this call reserved, so the host sees the memory it saw before.
             let keep = core::array::from_fn(|l| cached_before[l].min(self.keep[l]));
-            self.cache.trim_to(&self.host, &geo, &keep);
+            self.cache.trim_to(&self.host, &keep);
             return Err(Error::AlreadyMapped { gpa: Gpa::new(at) });
         }
         self.finish(op);
@@ -1021,8 +1019,8 @@ impl<F: PteFormat, H: Host> Table<F, H> {
             }
         }
         self.host.flush_tlb(TlbFlush::All);
-        op.detached.release(&self.host, &mut self.cache);
-        self.cache.trim_to(&self.host, &geo, &[0; MAX_LEVELS]);
+        op.detached.release_into(&self.host, &mut self.cache);
+        self.cache.trim_to(&self.host, &[0; MAX_LEVELS]);
         // SAFETY: the root came from `alloc_table(root size)`, nothing references it any more and
         // the flush above covered everything it mapped.
         unsafe {

@@ -71,7 +71,7 @@ impl PteFormat for TestFormat {
         0
     }
 
-    fn frozen(&self) -> u64 {
+    fn frozen(&self, _level: Level) -> u64 {
         FROZEN
     }
 
