@@ -1076,7 +1076,10 @@ fn contract_round_trips_every_accepted_attribute_set_at_every_leaf_level() {
                 (EntryKind::Table, child)
             );
         }
-        assert_eq!(f.classify(f.frozen(Level::LEAF), Level::LEAF), EntryKind::Frozen);
+        assert_eq!(
+            f.classify(f.frozen(Level::LEAF), Level::LEAF),
+            EntryKind::Frozen
+        );
     }
     assert!(accepted > 100);
 }

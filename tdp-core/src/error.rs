@@ -69,6 +69,16 @@ pub enum Error {
         /// Size of the table that could not be allocated.
         size: usize,
     },
+    /// Shared mode: another updater kept an entry this operation needs frozen for longer than the
+    /// operation's retry bound (or the entry kept changing). Nothing after `gpa` was changed by this
+    /// call; what it did before `gpa` stays done and its flush has been issued or queued. Retry the
+    /// call (KVM returns `RET_PF_RETRY` and lets the vCPU fault again).
+    Retry {
+        /// Where the operation stopped.
+        gpa: Gpa,
+    },
+    /// A [`crate::TableCache`] made for another geometry was passed to an operation.
+    CacheMismatch,
     /// An invalid geometry or configuration.
     InvalidGeometry,
     /// A configuration value the architecture does not allow.
@@ -114,6 +124,8 @@ impl fmt::Display for Error {
                 write!(f, "attributes {attrs:?} cannot be encoded")
             }
             Error::OutOfMemory { size } => write!(f, "out of table memory ({size} bytes)"),
+            Error::Retry { gpa } => write!(f, "contended entry at {gpa}: retry"),
+            Error::CacheMismatch => write!(f, "table cache made for another geometry"),
             Error::InvalidGeometry => write!(f, "invalid geometry"),
             Error::InvalidConfig { what, value } => write!(f, "invalid {what}: {value:#x}"),
         }

@@ -29,8 +29,8 @@
 //!   when no walker that might still hold a pointer into them is left in a read-side section
 //!   (RCU's `call_rcu`, an epoch scheme, or the hypervisor's own quiescent points).
 
-use core::ptr::NonNull;
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
+use core::ptr::NonNull;
 
 use crate::addr::{Gpa, Hpa, Level};
 pub use crate::pool::RetiredTables;

@@ -10,7 +10,13 @@
 //! after them (arm64 KVM's LEAF / TABLE_PRE / TABLE_POST walker flags). Tables at `min_level` are
 //! visited `TablePre` only: the walk does not enter them, so it has no `TablePost` for them.
 //! Every operation of the engine is a loop over this iterator.
+//!
+//! The walker is generic over the lock [`Mode`]: in shared mode every entry is read with acquire
+//! ordering (a table pointer may be followed), and the iterator records the physical address of
+//! each table on its path as it steps down, so that it never re-reads a parent entry (which another
+//! updater may have replaced or frozen meanwhile) to find the table it is in.
 
+use core::marker::PhantomData;
 use core::ptr::NonNull;
 
 use crate::addr::{Hpa, Level};
@@ -18,6 +24,7 @@ use crate::entry::EntryPtr;
 use crate::format::{EntryKind, PteFormat};
 use crate::geometry::{Geometry, MAX_LEVELS};
 use crate::host::{Host, TableMeta};
+use crate::mode::Mode;
 
 /// How the walker is visiting the current entry.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -37,7 +44,7 @@ pub enum Visit {
 /// As [`Iter::new`]: `root` is the live root of a tree built with `fmt` on `host`, `gpa` is
 /// within the input width, and no table of the tree is freed meanwhile.
 #[inline]
-pub(crate) unsafe fn lookup<F: PteFormat, H: Host>(
+pub(crate) unsafe fn lookup<F: PteFormat, H: Host, M: Mode>(
     fmt: &F,
     host: &H,
     root: Hpa,
@@ -49,7 +56,8 @@ pub(crate) unsafe fn lookup<F: PteFormat, H: Host>(
     loop {
         // SAFETY: `table` is a live table of the tree at `level` (caller contract, then each step
         // follows a table entry of the tree) and the index is below its entry count.
-        let raw = unsafe { EntryPtr::new(table, geo.index(gpa, level)) }.load(F::BYTE_ORDER);
+        let raw = unsafe { EntryPtr::new(table, geo.index(gpa, level)) }
+            .load_for(M::SHARED, F::BYTE_ORDER);
         if level == Level::LEAF || fmt.classify(raw, level) != EntryKind::Table {
             return (level, raw);
         }
@@ -65,7 +73,7 @@ pub(crate) unsafe fn lookup<F: PteFormat, H: Host>(
 /// # Safety
 /// As [`lookup`].
 #[inline]
-pub(crate) unsafe fn leaf_slot<F: PteFormat, H: Host>(
+pub(crate) unsafe fn leaf_slot<F: PteFormat, H: Host, M: Mode>(
     fmt: &F,
     host: &H,
     root: Hpa,
@@ -81,7 +89,7 @@ pub(crate) unsafe fn leaf_slot<F: PteFormat, H: Host>(
         if level == Level::LEAF {
             return Some((ptr, pa));
         }
-        let raw = ptr.load(F::BYTE_ORDER);
+        let raw = ptr.load_for(M::SHARED, F::BYTE_ORDER);
         if fmt.classify(raw, level) != EntryKind::Table {
             return None;
         }
@@ -91,14 +99,15 @@ pub(crate) unsafe fn leaf_slot<F: PteFormat, H: Host>(
 }
 
 /// The pre-order iterator. See the module documentation.
-pub(crate) struct Iter<'a, F: PteFormat, H: Host> {
+pub(crate) struct Iter<'a, F: PteFormat, H: Host, M: Mode> {
     pub(crate) fmt: &'a F,
     pub(crate) host: &'a H,
     geo: &'a Geometry,
     root_level: Level,
     min_level: Level,
     tables: [NonNull<u8>; MAX_LEVELS],
-    root: Hpa,
+    /// Physical address of each table on the path (recorded on the way down).
+    pas: [Hpa; MAX_LEVELS],
     level: Level,
     gpa: u64,
     target: u64,
@@ -110,9 +119,10 @@ pub(crate) struct Iter<'a, F: PteFormat, H: Host> {
     valid: bool,
     post: bool,
     exhausted: bool,
+    mode: PhantomData<M>,
 }
 
-impl<'a, F: PteFormat, H: Host> Iter<'a, F, H> {
+impl<'a, F: PteFormat, H: Host, M: Mode> Iter<'a, F, H, M> {
     /// An iterator over `[start, last]` of the tree at `root`, descending no lower than
     /// `min_level`, positioned on the root entry that maps `start`.
     ///
@@ -139,7 +149,7 @@ impl<'a, F: PteFormat, H: Host> Iter<'a, F, H> {
             root_level,
             min_level,
             tables: [virt; MAX_LEVELS],
-            root,
+            pas: [root; MAX_LEVELS],
             level: root_level,
             gpa: start,
             target: start,
@@ -153,6 +163,7 @@ impl<'a, F: PteFormat, H: Host> Iter<'a, F, H> {
             valid: true,
             post: true,
             exhausted: false,
+            mode: PhantomData,
         };
         it.restart();
         it
@@ -168,7 +179,7 @@ impl<'a, F: PteFormat, H: Host> Iter<'a, F, H> {
     /// Re-reads the current entry into the snapshot.
     #[inline(always)]
     fn read(&mut self) {
-        self.old = self.ptr.load(F::BYTE_ORDER);
+        self.old = self.ptr.load_for(M::SHARED, F::BYTE_ORDER);
         self.kind = self.fmt.classify(self.old, self.level);
         self.visit = if self.kind == EntryKind::Table {
             Visit::TablePre
@@ -205,6 +216,7 @@ impl<'a, F: PteFormat, H: Host> Iter<'a, F, H> {
         let level = Level::from_index(self.level.index() - 1);
         let virt = self.host.phys_to_virt(child);
         self.tables[level.index()] = virt;
+        self.pas[level.index()] = child;
         self.level = level;
         self.gpa = self.target & !(self.geo.level_size(level) - 1);
         // SAFETY: `child` is a live table of this tree (constructor contract: the tree is built by
@@ -247,7 +259,7 @@ impl<'a, F: PteFormat, H: Host> Iter<'a, F, H> {
         // SAFETY: the parent table on the path is live and the index is in bounds.
         self.ptr =
             unsafe { EntryPtr::new(self.tables[level.index()], self.geo.index(self.gpa, level)) };
-        self.old = self.ptr.load(F::BYTE_ORDER);
+        self.old = self.ptr.load_for(M::SHARED, F::BYTE_ORDER);
         self.kind = self.fmt.classify(self.old, level);
         self.visit = Visit::TablePost;
         true
@@ -338,22 +350,23 @@ impl<'a, F: PteFormat, H: Host> Iter<'a, F, H> {
         self.ptr
     }
 
-    /// The metadata of the table holding the current entry. Looked up only when a count
-    /// changes: the table's address is read back from the parent entry, which still points at it.
+    /// The metadata of the table holding the current entry, from the physical path recorded on
+    /// the way down (never by re-reading the parent entry, which may have changed meanwhile).
     #[inline]
-    pub(crate) fn table_meta(&self) -> &TableMeta {
-        let pa = if self.level == self.root_level {
-            self.root
-        } else {
-            let up = Level::from_index(self.level.index() + 1);
-            // SAFETY: the parent table on the path is live and the index is in bounds.
-            let parent =
-                unsafe { EntryPtr::new(self.tables[up.index()], self.geo.index(self.gpa, up)) };
-            self.fmt.table_addr(parent.load(F::BYTE_ORDER), up)
-        };
-        // SAFETY: the host contract makes `meta` valid while the table is allocated, and tables on
-        // the path are not freed while the iterator is in use.
-        unsafe { self.host.meta(pa).as_ref() }
+    pub(crate) fn table_meta(&self) -> &'a TableMeta {
+        // SAFETY: the host contract makes `meta` valid while the table is allocated; tables on the
+        // path are not freed while the iterator is in use (exclusive mode: nothing else frees;
+        // shared mode: the caller's read-side section holds off the grace period).
+        unsafe { self.host.meta(self.pas[self.level.index()]).as_ref() }
+    }
+
+    /// Restarts from the root at the current entry's address (shared mode, after meeting a
+    /// frozen entry: if its table was removed the walk no longer reaches it; if it is a
+    /// break-before-make in progress the walk finds the new value).
+    #[inline]
+    pub(crate) fn restart_here(&mut self) {
+        self.target = self.gpa;
+        self.restart();
     }
 
     /// The entry `n` slots after the current one, in the same table.

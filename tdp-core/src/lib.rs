@@ -43,14 +43,18 @@ extern crate std;
 pub mod addr;
 mod entry;
 pub mod error;
+mod flush;
 pub mod format;
 pub mod geometry;
 pub mod host;
 pub mod iter;
+pub mod mode;
+mod ops;
 mod pool;
 #[doc(hidden)]
 pub mod sync;
 pub mod table;
+pub mod tree;
 pub mod update;
 
 #[cfg(feature = "testing")]
@@ -58,9 +62,12 @@ pub mod testing;
 
 pub use addr::{Gpa, GpaRange, Hpa, Level};
 pub use error::Error;
+pub use flush::PendingFlush;
 pub use format::{AdModel, AdState, Attrs, ByteOrder, Cmo, EntryKind, MemType, Perms, PteFormat};
 pub use geometry::{Geometry, ENTRY_SIZE, MAX_LEVELS};
 pub use host::{Host, RetiredTables, SharedHost, TableMeta, TlbFlush};
-pub use pool::TableCache;
 pub use iter::Visit;
+pub use mode::{Exclusive, Mode, Shared};
+pub use pool::TableCache;
 pub use table::{MapOptions, Mapping, Stats, Table, WalkEntry};
+pub use tree::{Ctx, ExclusiveAccess, Progress, SharedAccess, Tree};

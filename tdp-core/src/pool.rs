@@ -252,7 +252,10 @@ impl RetiredTables {
     }
 
     /// The tables, as (physical address, size in bytes), without freeing them.
-    pub fn iter<'h, H: Host + ?Sized>(&self, host: &'h H) -> impl Iterator<Item = (Hpa, usize)> + 'h {
+    pub fn iter<'h, H: Host + ?Sized>(
+        &self,
+        host: &'h H,
+    ) -> impl Iterator<Item = (Hpa, usize)> + 'h {
         let mut head = self.head;
         let sizes = self.sizes;
         core::iter::from_fn(move || {

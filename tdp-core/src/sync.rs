@@ -15,7 +15,7 @@ pub fn spin_hint() {
     loom::thread::yield_now();
 }
 
-#[cfg(all(feature = "std", not(loom)))]
-pub use std::sync::{Mutex, MutexGuard};
 #[cfg(all(feature = "std", loom))]
 pub use loom::sync::{Mutex, MutexGuard};
+#[cfg(all(feature = "std", not(loom)))]
+pub use std::sync::{Mutex, MutexGuard};

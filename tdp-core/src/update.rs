@@ -1,107 +1,55 @@
-//! The one place where the engine changes an entry, and the per-operation record of what it
-//! changed (the range to flush, the tables detached, the counters).
+//! The one writer: every change the engine makes to an entry of a live tree goes through this
+//! module, in either lock mode, run loops included.
 //!
-//! Rules written once here and relied on by every operation:
+//! Rules written once here and relied on by every operation (referenced by name elsewhere):
 //! - **Counts.** A table's [`crate::host::TableMeta`] count is the number of its entries that are
-//!   not the level's empty value; it changes only in [`try_set_entry`], so emptiness is known
-//!   without rescanning.
-//! - **Volatile bits.** If the format says hardware may set bits in the old entry
-//!   (`PteFormat::volatile_bits`), the entry is replaced with a compare-exchange against the
-//!   snapshot, so a bit set by hardware in between is never lost: the caller sees the failure and
-//!   rebuilds its new value. Otherwise a plain (relaxed-or-release) store is used: a locked
-//!   read-modify-write costs ~40x a store.
+//!   not the level's empty value, and `others` the number of those that are neither leaves nor
+//!   tables. They change only here, with plain stores in exclusive mode and atomic adds in shared
+//!   mode, so they are exact once the updaters are done. Exclusive mode frees a table when its
+//!   count reaches zero; shared mode never trusts a count alone (see *Removal*).
+//! - **Shared mode.** Every change is a compare-exchange against the walker's snapshot. On
+//!   failure the snapshot is refreshed and the caller retries at the same position (or reports a
+//!   retry). A [`crate::format::EntryKind::Frozen`] entry belongs to another updater: it is never
+//!   overwritten, never taken for "already mapped"; the walker restarts from the root there.
+//! - **Volatile bits** (exclusive mode). If the format says hardware may set bits in the old entry
+//!   (`PteFormat::volatile_bits`), the entry is replaced with a compare-exchange, so a bit set by
+//!   hardware in between is never lost; otherwise a plain store (a locked read-modify-write costs
+//!   ~40x a store).
 //! - **Break-before-make.** If the format says the replacement of a valid entry needs it
-//!   (`PteFormat::needs_break`: arm64 output address, block/table, memory attributes), the entry is
-//!   made empty, the TLB is invalidated for its span, and only then is the new value written.
-//!   No operation can skip this, because no operation writes entries any other way.
-
-use core::sync::atomic::Ordering;
+//!   (`PteFormat::needs_break`), the entry is first set to the level's *frozen* value (so no other
+//!   updater can fill the slot during the break), the TLB is invalidated for its span at once,
+//!   and only then is the new value written.
+//! - **Removal.** A table leaves the tree by replacing its parent entry first (compare-exchange
+//!   in shared mode); then [`remove_table`] accounts for what it held. In shared mode every entry
+//!   of the removed table is frozen with an atomic swap (waiting out a break-before-make in
+//!   progress), the state found (leaves, their A/D bits, deeper tables) is accounted, and deeper
+//!   tables are removed the same way (KVM's `handle_removed_pt`); the table is freed only after
+//!   the flush and a grace period.
 
 use crate::addr::{Gpa, Hpa, Level};
 use crate::entry::EntryPtr;
+use crate::flush::{Delta, Pending};
 use crate::format::{EntryKind, PteFormat};
-use crate::geometry::MAX_LEVELS;
-use crate::host::{Host, TlbFlush};
+use crate::host::{Host, TableMeta, TlbFlush};
 use crate::iter::Iter;
-use crate::pool::Detached;
+use crate::mode::Mode;
+use crate::sync::{spin_hint, Ordering};
 
-const NO_LEVEL: u8 = u8::MAX;
-const MIXED_LEVELS: u8 = u8::MAX - 1;
+/// The entry changed under the walker (another updater, or hardware setting a volatile bit); the
+/// walker's snapshot holds the value found.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Changed;
 
-/// What one operation changed.
-pub(crate) struct Op {
-    lo: u64,
-    hi: u64,
-    level: u8,
-    walk_caches: bool,
-    pub(crate) detached: Detached,
-    pub(crate) leaves: [i64; MAX_LEVELS],
-    pub(crate) tables: [i64; MAX_LEVELS],
-}
-
-impl Op {
-    pub(crate) const fn new() -> Self {
-        Op {
-            lo: u64::MAX,
-            hi: 0,
-            level: NO_LEVEL,
-            walk_caches: false,
-            detached: Detached::new(),
-            leaves: [0; MAX_LEVELS],
-            tables: [0; MAX_LEVELS],
-        }
-    }
-
-    /// Records that translations for `[gpa, gpa + size)` (entries at `level`) must be flushed.
-    #[inline(always)]
-    pub(crate) fn flush_span(&mut self, gpa: u64, size: u64, level: Level) {
-        self.lo = self.lo.min(gpa);
-        self.hi = self.hi.max(gpa + size);
-        self.level = match self.level {
-            NO_LEVEL => level.get(),
-            l if l == level.get() => l,
-            _ => MIXED_LEVELS,
-        };
-    }
-
-    /// Records that translations for `[gpa, gpa + size)` of unknown or mixed levels must be
-    /// flushed (no level hint), but no table entry changed.
-    #[inline]
-    pub(crate) fn flush_span_any_level(&mut self, gpa: u64, size: u64) {
-        self.lo = self.lo.min(gpa);
-        self.hi = self.hi.max(gpa + size);
-        self.level = MIXED_LEVELS;
-    }
-
-    /// Records that a table entry for `[gpa, gpa + size)` was removed or replaced: whatever was
-    /// cached below it (leaves of any level, walk-cache entries) must be flushed.
-    #[inline]
-    pub(crate) fn flush_table_span(&mut self, gpa: u64, size: u64) {
-        self.lo = self.lo.min(gpa);
-        self.hi = self.hi.max(gpa + size);
-        self.level = MIXED_LEVELS;
-        self.walk_caches = true;
-    }
-
-    /// The one range-coalesced flush this operation needs, if any.
-    pub(crate) fn flush(&self) -> Option<TlbFlush> {
-        if self.level == NO_LEVEL {
-            return None;
-        }
-        Some(TlbFlush::Range {
-            start: Gpa::new(self.lo),
-            size: self.hi - self.lo,
-            level: Level::new(self.level),
-            tables: self.walk_caches,
-        })
-    }
-}
-
-/// Fills the table at `pa` with the empty value of `level` and resets its count.
+/// Fills the table at `pa` with the empty value of `level` and resets its metadata.
 ///
 /// # Safety
 /// `pa` is an allocated table of `level`'s size that no walker can reach yet.
-pub(crate) unsafe fn fill_table<F: PteFormat, H: Host>(fmt: &F, host: &H, pa: Hpa, level: Level) {
+pub(crate) unsafe fn fill_table<F: PteFormat, H: Host + ?Sized>(
+    fmt: &F,
+    host: &H,
+    pa: Hpa,
+    level: Level,
+) {
     let virt = host.phys_to_virt(pa);
     let empty = fmt.empty(level);
     for i in 0..fmt.geometry().entries(level) {
@@ -109,55 +57,165 @@ pub(crate) unsafe fn fill_table<F: PteFormat, H: Host>(fmt: &F, host: &H, pa: Hp
         unsafe { EntryPtr::new(virt, i) }.store_relaxed(empty, F::BYTE_ORDER);
     }
     // SAFETY: `pa` is allocated, so the host keeps its metadata valid.
-    unsafe { host.meta(pa).as_ref() }
-        .count
-        .store(0, Ordering::Relaxed);
+    unsafe { host.meta(pa).as_ref() }.reset();
 }
 
-/// Adds `delta` to the non-empty count of the table holding the current entry.
-#[inline]
-pub(crate) fn adjust_count<F: PteFormat, H: Host>(it: &Iter<'_, F, H>, delta: i64) {
-    if delta != 0 {
-        let count = &it.table_meta().count;
-        let c = count.load(Ordering::Relaxed);
-        count.store((i64::from(c) + delta) as u32, Ordering::Relaxed);
+/// Adds `delta` to a table's count (atomically in shared mode).
+#[inline(always)]
+pub(crate) fn count_add<M: Mode>(meta: &TableMeta, delta: i64) {
+    if delta == 0 {
+        return;
+    }
+    if M::SHARED {
+        let before = meta.count.fetch_add(delta as u32, Ordering::Relaxed);
+        debug_assert!(i64::from(before) + delta >= 0, "table count below zero");
+    } else {
+        let c = meta.count.load(Ordering::Relaxed);
+        debug_assert!(i64::from(c) + delta >= 0, "table count below zero");
+        meta.count
+            .store((i64::from(c) + delta) as u32, Ordering::Relaxed);
     }
 }
 
-/// Changes the leaf at `ptr` (currently `cur`) in place to `f(cur)`, keeping any bit hardware
-/// sets meanwhile (retried compare-exchange for volatile entries). Never needs break-before-make:
-/// only permission, A/D and software bits may change this way.
+/// Adds `delta` to a table's count of entries that are neither leaves nor tables.
+#[inline]
+fn others_add<M: Mode>(meta: &TableMeta, delta: i64) {
+    if delta == 0 {
+        return;
+    }
+    if M::SHARED {
+        let before = meta.flags.fetch_add(delta as u32, Ordering::Relaxed);
+        debug_assert!(
+            i64::from(before & 0xffff) + delta >= 0,
+            "others count below zero"
+        );
+    } else {
+        let f = meta.flags.load(Ordering::Relaxed);
+        debug_assert!(
+            i64::from(f & 0xffff) + delta >= 0,
+            "others count below zero"
+        );
+        meta.flags
+            .store((i64::from(f) + delta) as u32, Ordering::Relaxed);
+    }
+}
+
 #[inline(always)]
-pub(crate) fn update_at<F: PteFormat>(
+fn is_other(k: EntryKind) -> bool {
+    matches!(k, EntryKind::Other | EntryKind::Frozen)
+}
+
+/// Replaces the entry under the iterator (whose snapshot is `it.old()`) by `new`, following the
+/// rules of the module documentation (mode, volatile bits, break-before-make, counts).
+///
+/// # Errors
+/// [`Changed`], with the snapshot refreshed, if the entry no longer holds the snapshot (shared
+/// mode: another updater; either mode: hardware set a volatile bit), or if the snapshot is a
+/// frozen entry (another updater owns it).
+#[inline]
+pub(crate) fn try_set<F: PteFormat, H: Host, M: Mode>(
+    it: &mut Iter<'_, F, H, M>,
+    new: u64,
+) -> Result<(), Changed> {
+    let fmt = it.fmt;
+    let level = it.level();
+    let old = it.old();
+    let old_kind = it.kind();
+    let ptr = it.ptr();
+    let order = F::BYTE_ORDER;
+    if old_kind == EntryKind::Frozen {
+        debug_assert!(M::SHARED, "a frozen entry in a tree held exclusively");
+        return Err(Changed);
+    }
+    let atomic = M::SHARED || fmt.volatile_bits(old, level) != 0;
+    let valid = matches!(old_kind, EntryKind::Leaf | EntryKind::Table);
+    if valid && fmt.needs_break(old, new, level) {
+        let frozen = fmt.frozen(level);
+        if atomic {
+            if let Err(now) = ptr.compare_exchange(old, frozen, order) {
+                it.set_snapshot(now);
+                return Err(Changed);
+            }
+        } else {
+            ptr.store(frozen, order);
+        }
+        let size = it.geometry().level_size(level);
+        let was_table = old_kind == EntryKind::Table;
+        it.host.flush_tlb(TlbFlush::Range {
+            start: Gpa::new(it.gpa()),
+            size,
+            level: (!was_table).then_some(level),
+            tables: was_table,
+        });
+        ptr.store(new, order);
+    } else if atomic {
+        if let Err(now) = ptr.compare_exchange(old, new, order) {
+            it.set_snapshot(now);
+            return Err(Changed);
+        }
+    } else {
+        ptr.store(new, order);
+    }
+    let empty = fmt.empty(level);
+    it.set_snapshot(new);
+    let new_kind = it.kind();
+    let meta = it.table_meta();
+    count_add::<M>(meta, i64::from(new != empty) - i64::from(old != empty));
+    if is_other(old_kind) || is_other(new_kind) {
+        others_add::<M>(
+            meta,
+            i64::from(is_other(new_kind)) - i64::from(is_other(old_kind)),
+        );
+    }
+    Ok(())
+}
+
+/// Changes the leaf at `ptr` (currently `cur`) in place to `f(cur)`, keeping any bit hardware
+/// sets meanwhile. Only permission, A/D and software bits may change this way (never a
+/// break-before-make change). In shared mode every change is a compare-exchange.
+///
+/// # Errors
+/// The value found if the entry stopped being a leaf meanwhile (shared mode: another updater
+/// zapped, split or froze it); nothing is written then.
+#[inline(always)]
+pub(crate) fn update_leaf<F: PteFormat, M: Mode>(
     fmt: &F,
     ptr: EntryPtr,
     mut cur: u64,
     level: Level,
     f: impl Fn(u64) -> u64,
-) {
+) -> Result<u64, u64> {
     loop {
         let new = f(cur);
         debug_assert!(!fmt.needs_break(cur, new, level));
-        if fmt.volatile_bits(cur, level) == 0 {
+        if !M::SHARED && fmt.volatile_bits(cur, level) == 0 {
             ptr.store(new, F::BYTE_ORDER);
-            return;
+            return Ok(new);
         }
         match ptr.compare_exchange(cur, new, F::BYTE_ORDER) {
-            Ok(_) => return,
-            Err(now) => cur = now,
+            Ok(_) => return Ok(new),
+            Err(now) => {
+                if fmt.classify(now, level) != EntryKind::Leaf {
+                    return Err(now);
+                }
+                cur = now;
+            }
         }
     }
 }
 
-/// Writes `n` consecutive leaves at `level` mapping `hpa`, `hpa + size`, ... starting at `ptr`,
-/// into slots the caller knows are empty and that no walker can make non-empty meanwhile.
+/// Writes up to `n` consecutive leaves at `level` mapping `hpa`, `hpa + size`, ... starting at
+/// `ptr`, into slots the caller saw empty. Exclusive mode writes all `n` with plain stores;
+/// shared mode installs each with a compare-exchange from the empty value and stops at the first
+/// slot another updater filled. Returns how many were written; the caller accounts for them.
 /// Uses the leaf encoding's linearity (`leaf(i) = leaf(0) + i * step`) when it holds over the whole
 /// run, which is checked at its ends; else encodes each leaf.
 ///
 /// # Safety
 /// The `n` slots from `ptr` are inside one live table.
 #[inline]
-pub(crate) unsafe fn write_leaves<F: PteFormat>(
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn write_leaves<F: PteFormat, M: Mode>(
     fmt: &F,
     ptr: EntryPtr,
     n: usize,
@@ -165,19 +223,24 @@ pub(crate) unsafe fn write_leaves<F: PteFormat>(
     hpa: u64,
     attrs: &crate::format::Attrs,
     young_dirty: bool,
-) {
+) -> usize {
     let size = fmt.geometry().level_size(level);
+    let empty = fmt.empty(level);
     let leaf0 = fmt.make_leaf(Hpa::new(hpa), level, attrs, young_dirty);
-    if n == 1 {
-        ptr.store_relaxed(leaf0, F::BYTE_ORDER);
-        return;
-    }
-    let step = if n > 1 {
-        fmt.make_leaf(Hpa::new(hpa + size), level, attrs, young_dirty)
-            .wrapping_sub(leaf0)
-    } else {
-        0
+    let put = |p: EntryPtr, v: u64| -> bool {
+        if M::SHARED {
+            p.compare_exchange(empty, v, F::BYTE_ORDER).is_ok()
+        } else {
+            p.store_relaxed(v, F::BYTE_ORDER);
+            true
+        }
     };
+    if n == 1 {
+        return usize::from(put(ptr, leaf0));
+    }
+    let step = fmt
+        .make_leaf(Hpa::new(hpa + size), level, attrs, young_dirty)
+        .wrapping_sub(leaf0);
     let last = (n.max(1) - 1) as u64;
     let linear = fmt.make_leaf(Hpa::new(hpa + last * size), level, attrs, young_dirty)
         == leaf0.wrapping_add(last.wrapping_mul(step));
@@ -188,60 +251,167 @@ pub(crate) unsafe fn write_leaves<F: PteFormat>(
             fmt.make_leaf(Hpa::new(hpa + i as u64 * size), level, attrs, young_dirty)
         };
         // SAFETY: `i < n`, inside the table (caller contract).
-        unsafe { ptr.offset(i) }.store_relaxed(leaf, F::BYTE_ORDER);
+        if !put(unsafe { ptr.offset(i) }, leaf) {
+            return i;
+        }
     }
+    n
 }
 
-/// Replaces the entry under the iterator (whose snapshot is `it.old()`) by `new`.
+/// Writes `n` consecutive leaves into a fresh table no walker can reach yet (plain stores).
 ///
-/// Fails, with the snapshot refreshed, if hardware changed a volatile entry since the snapshot.
+/// # Safety
+/// The `n` slots from `ptr` are inside one allocated, unlinked table.
 #[inline]
-pub(crate) fn try_set_entry<F: PteFormat, H: Host>(
-    it: &mut Iter<'_, F, H>,
-    new: u64,
-) -> Result<(), ()> {
-    let fmt = it.fmt;
-    let level = it.level();
-    let old = it.old();
-    let ptr = it.ptr();
-    let order = F::BYTE_ORDER;
-    let volatile = fmt.volatile_bits(old, level) != 0;
-    let valid = matches!(it.kind(), EntryKind::Leaf | EntryKind::Table);
-    if valid && fmt.needs_break(old, new, level) {
-        let empty = fmt.empty(level);
-        if volatile {
-            if let Err(now) = ptr.compare_exchange(old, empty, order) {
-                it.set_snapshot(now);
-                return Err(());
-            }
-        } else {
-            ptr.store(empty, order);
-        }
-        let size = it.geometry().level_size(level);
-        let was_table = it.kind() == EntryKind::Table;
-        it.host.flush_tlb(TlbFlush::Range {
-            start: Gpa::new(it.gpa()),
-            size,
-            level: (!was_table).then_some(level),
-            tables: was_table,
-        });
-        ptr.store(new, order);
-    } else if volatile {
-        if let Err(now) = ptr.compare_exchange(old, new, order) {
-            it.set_snapshot(now);
-            return Err(());
-        }
-    } else {
-        ptr.store(new, order);
-    }
-    let empty = fmt.empty(level);
-    adjust_count(it, i64::from(new != empty) - i64::from(old != empty));
-    it.set_snapshot(new);
-    Ok(())
+pub(crate) unsafe fn fill_leaves<F: PteFormat>(
+    fmt: &F,
+    ptr: EntryPtr,
+    n: usize,
+    level: Level,
+    hpa: u64,
+    attrs: &crate::format::Attrs,
+    young_dirty: bool,
+) {
+    // SAFETY: an unlinked table is exclusively ours: the exclusive writer's plain stores apply.
+    let written = unsafe {
+        write_leaves::<F, crate::mode::Exclusive>(fmt, ptr, n, level, hpa, attrs, young_dirty)
+    };
+    debug_assert_eq!(written, n);
 }
 
-/// Replaces the entry under the iterator by `new`, whatever hardware set in it meanwhile.
+/// What a zap of a run of entries did.
+pub(crate) struct ZapRun {
+    /// Entries passed (zapped or already empty), from the run's first.
+    pub(crate) passed: usize,
+    /// Entries made empty.
+    pub(crate) zapped: i64,
+    /// Leaves among them.
+    pub(crate) leaves: i64,
+    /// Other (non-leaf, non-table) entries among them.
+    pub(crate) others: i64,
+}
+
+/// Zaps the run of up to `n` entries at `level` from `ptr` (leaves, empty slots and other
+/// non-table entries), stopping before a table or (shared mode) a frozen entry. Counts are
+/// updated in `meta`.
+///
+/// # Safety
+/// The `n` slots from `ptr` are inside the live table whose metadata is `meta`.
 #[inline]
-pub(crate) fn set_entry<F: PteFormat, H: Host>(it: &mut Iter<'_, F, H>, new: u64) {
-    while try_set_entry(it, new).is_err() {}
+pub(crate) unsafe fn zap_run<F: PteFormat, M: Mode>(
+    fmt: &F,
+    ptr: EntryPtr,
+    n: usize,
+    level: Level,
+    meta: &TableMeta,
+) -> ZapRun {
+    let empty = fmt.empty(level);
+    let mut r = ZapRun {
+        passed: 0,
+        zapped: 0,
+        leaves: 0,
+        others: 0,
+    };
+    'run: while r.passed < n {
+        // SAFETY: `passed < n`: inside the current table (caller contract).
+        let p = unsafe { ptr.offset(r.passed) };
+        let mut cur = p.load_for(M::SHARED, F::BYTE_ORDER);
+        loop {
+            if cur == empty {
+                break;
+            }
+            let kind = fmt.classify(cur, level);
+            match kind {
+                EntryKind::Table => break 'run,
+                EntryKind::Frozen if M::SHARED => break 'run,
+                _ => {}
+            }
+            if M::SHARED {
+                if let Err(now) = p.compare_exchange(cur, empty, F::BYTE_ORDER) {
+                    cur = now;
+                    continue;
+                }
+            } else {
+                p.store(empty, F::BYTE_ORDER);
+            }
+            r.zapped += 1;
+            r.leaves += i64::from(kind == EntryKind::Leaf);
+            r.others += i64::from(is_other(kind));
+            break;
+        }
+        r.passed += 1;
+    }
+    count_add::<M>(meta, -r.zapped);
+    others_add::<M>(meta, -r.others);
+    r
+}
+
+/// Accounts for, and queues for freeing, the table `child` at `child_level` whose parent entry
+/// was just replaced (see *Removal* in the module documentation). With `want_ad`, returns the
+/// union of the A/D bits (`PteFormat::ad_bits`) of the leaves it held directly, taken atomically
+/// so that none set by hardware before the entries were taken is missed (collapse).
+pub(crate) fn remove_table<F: PteFormat, H: Host + ?Sized, M: Mode>(
+    fmt: &F,
+    host: &H,
+    child: Hpa,
+    child_level: Level,
+    want_ad: bool,
+    pending: &mut Pending,
+    delta: &mut Delta,
+) -> u64 {
+    let geo = fmt.geometry();
+    let virt = host.phys_to_virt(child);
+    let n = geo.entries(child_level);
+    let mut ad = 0;
+    // SAFETY: `child` was a live table of this tree and is not freed before the grace period (it
+    // is queued below), so its metadata is valid.
+    let meta = unsafe { host.meta(child).as_ref() };
+    if !M::SHARED && child_level == Level::LEAF && !want_ad {
+        // Exclusive, leaf table, A/D not wanted: the counts say how many leaves it held, with no
+        // scan.
+        delta.leaves[0] -= i64::from(meta.count()) - i64::from(meta.others());
+    } else {
+        let frozen = fmt.frozen(child_level);
+        let empty = fmt.empty(child_level);
+        for i in 0..n {
+            // SAFETY: `i` is below the entry count of the table `child`, which is still allocated.
+            let p = unsafe { EntryPtr::new(virt, i) };
+            let old = if M::SHARED {
+                // Take the entry: an updater that reads it from now on sees it frozen and retries.
+                // A break-before-make in progress writes its new value after its flush: wait for
+                // it, so that what it installs is accounted here.
+                loop {
+                    let old = p.swap(frozen, F::BYTE_ORDER);
+                    if old != frozen {
+                        break old;
+                    }
+                    spin_hint();
+                }
+            } else if want_ad && fmt.ad_model() == crate::format::AdModel::Hardware {
+                // Hardware may still set A/D until the entry is taken: take it atomically so the
+                // bits are seen; once empty, hardware sets nothing more in it.
+                p.swap(empty, F::BYTE_ORDER)
+            } else {
+                p.load(F::BYTE_ORDER)
+            };
+            if old == empty {
+                continue;
+            }
+            match fmt.classify(old, child_level) {
+                EntryKind::Leaf => {
+                    delta.leaves[child_level.index()] -= 1;
+                    ad |= fmt.ad_bits(old, child_level);
+                }
+                EntryKind::Table => {
+                    let grandchild = fmt.table_addr(old, child_level);
+                    let gl = Level::from_index(child_level.index() - 1);
+                    remove_table::<F, H, M>(fmt, host, grandchild, gl, false, pending, delta);
+                }
+                _ => {}
+            }
+        }
+    }
+    pending.detach(host, child_level, child, geo);
+    delta.tables[child_level.index()] -= 1;
+    ad
 }

@@ -1,0 +1,332 @@
+//! map: install leaves (and the tables they need) over empty entries.
+
+use crate::addr::{Gpa, GpaRange, Hpa, Level};
+use crate::error::Error;
+use crate::format::{Attrs, EntryKind, PteFormat};
+use crate::geometry::{Geometry, MAX_LEVELS};
+use crate::host::Host;
+use crate::iter::{leaf_slot, Visit};
+use crate::mode::Mode;
+use crate::table::MapOptions;
+use crate::tree::Progress;
+use crate::update::{count_add, fill_leaves, fill_table, try_set, write_leaves};
+
+use super::{check_range, chunk_last, chunk_span, frozen_restart, zap, Op};
+
+/// Why a map walk stopped before the end of its range.
+enum Stop {
+    /// A mapped (or otherwise non-empty) entry at this address.
+    Conflict(u64),
+    /// An entry stayed frozen (shared mode).
+    Retry(u64),
+    /// No table could be had, at this address.
+    OutOfMemory(usize, u64),
+    /// The budget ran out; resume here.
+    Budget(u64),
+}
+
+/// Maps `range` to the host range at `hpa`. See `Table::map_with`.
+pub(crate) fn map<F: PteFormat, H: Host, M: Mode>(
+    op: &mut Op<'_, F, H>,
+    range: GpaRange,
+    hpa: Hpa,
+    attrs: Attrs,
+    opts: MapOptions,
+) -> Result<Progress, Error> {
+    let geo = op.geometry();
+    let (start, last) = check_range(geo, range)?;
+    let page = geo.page_size();
+    if !hpa.is_aligned(page) {
+        return Err(Error::UnalignedHpa { hpa, align: page });
+    }
+    let hpa_last = hpa.checked_add(range.size() - 1).ok_or(Error::HpaTooWide {
+        hpa,
+        bits: geo.oa_bits(),
+    })?;
+    if hpa_last.raw() >> geo.oa_bits() != 0 {
+        return Err(Error::HpaTooWide {
+            hpa: hpa_last,
+            bits: geo.oa_bits(),
+        });
+    }
+    let max_level = match opts.max_level {
+        Some(l) if geo.is_leaf_level(l) => l,
+        Some(l) => return Err(Error::InvalidLevel { level: l }),
+        None => geo.root_level(),
+    };
+    op.fmt.check_attrs(&attrs)?;
+
+    // One page whose tables all exist: write the leaf directly (the fault path's shape).
+    if range.size() == page {
+        if let Some(r) = map_page_fast::<F, H, M>(op, start, hpa, &attrs, opts) {
+            return r;
+        }
+    }
+
+    let mut leaf_ok = [false; MAX_LEVELS];
+    for (l, ok) in leaf_ok.iter_mut().enumerate().take(geo.levels() as usize) {
+        let level = Level::from_index(l);
+        *ok = geo.is_leaf_level(level)
+            && level <= max_level
+            && (hpa.raw() ^ start) & (geo.level_size(level) - 1) == 0;
+    }
+
+    let cached_before = op.cache.lens();
+    // Tables for the first chunk are reserved before anything changes; later chunks are
+    // reserved when the reserve runs dry, so a huge range never reserves every table up front.
+    let span = chunk_span(geo);
+    let stop = match op.reserve(&map_bound(
+        geo,
+        start,
+        chunk_last(start, last, span),
+        &leaf_ok,
+    )) {
+        // Nothing changed yet: no undo.
+        Err(Error::OutOfMemory { size }) => return Err(Error::OutOfMemory { size }),
+        _ => {
+            // Once per call for its whole host range, before any entry mapping it is valid.
+            op.cache_maintenance(hpa.raw(), range.size(), &attrs);
+            map_walk::<F, H, M>(op, start, last, hpa.raw(), &attrs, &leaf_ok, opts).err()
+        }
+    };
+    let (undo_end, err) = match stop {
+        None => return Ok(Progress::Done),
+        Some(Stop::Budget(resume)) => {
+            return Ok(Progress::Yielded {
+                resume: Gpa::new(resume),
+            })
+        }
+        Some(Stop::Conflict(at)) => (at, Error::AlreadyMapped { gpa: Gpa::new(at) }),
+        Some(Stop::Retry(at)) => (at, Error::Retry { gpa: Gpa::new(at) }),
+        // The page at `at` is unmapped (its entry was empty), but tables may already have been
+        // added on its path: undo through it too.
+        Some(Stop::OutOfMemory(size, at)) => (at + page, Error::OutOfMemory { size }),
+    };
+    // Undo: everything in [start, undo_end) was empty before this call and was filled by it.
+    if undo_end > start {
+        let _ = zap::zap_walk::<F, H, M>(op, start, undo_end - 1, u64::MAX);
+    }
+    // Give back what this call reserved, so the host sees the memory it saw before (once the
+    // undo's tables are released by the caller's flush).
+    let keep = core::array::from_fn(|l| cached_before[l]);
+    op.cache.trim_to(op.host, &keep);
+    Err(err)
+}
+
+/// Maps the page at `gpa` if every table down to its level-0 slot exists and the slot is empty;
+/// `None` (nothing done) otherwise, for the general path to handle.
+#[inline]
+fn map_page_fast<F: PteFormat, H: Host, M: Mode>(
+    op: &mut Op<'_, F, H>,
+    gpa: u64,
+    hpa: Hpa,
+    attrs: &Attrs,
+    opts: MapOptions,
+) -> Option<Result<Progress, Error>> {
+    let fmt = op.fmt;
+    // SAFETY: `op.root` is the tree's live root and `gpa` is within the input width (checked).
+    let (slot, table) = unsafe { leaf_slot::<F, H, M>(fmt, op.host, op.root, gpa) }?;
+    let empty = fmt.empty(Level::LEAF);
+    if slot.load_for(M::SHARED, F::BYTE_ORDER) != empty {
+        return None;
+    }
+    let page = fmt.geometry().page_size();
+    op.cache_maintenance(hpa.raw(), page, attrs);
+    // SAFETY: `slot` is one slot of the live table `table`.
+    let written = unsafe {
+        write_leaves::<F, M>(
+            fmt,
+            slot,
+            1,
+            Level::LEAF,
+            hpa.raw(),
+            attrs,
+            opts.young_dirty,
+        )
+    };
+    if written == 0 {
+        // Another updater filled the slot first.
+        return Some(Err(Error::AlreadyMapped { gpa: Gpa::new(gpa) }));
+    }
+    // SAFETY: `table` is a live table of this tree (Host contract for `meta`).
+    count_add::<M>(unsafe { op.host.meta(table).as_ref() }, 1);
+    op.delta.leaves[0] += 1;
+    if fmt.caches_empty_entries() {
+        op.pending.flush_span(gpa, page, Level::LEAF);
+    }
+    Some(Ok(Progress::Done))
+}
+
+/// Maps `[start, last]` to the host range at `hpa`.
+fn map_walk<F: PteFormat, H: Host, M: Mode>(
+    op: &mut Op<'_, F, H>,
+    start: u64,
+    last: u64,
+    hpa: u64,
+    attrs: &Attrs,
+    leaf_ok: &[bool; MAX_LEVELS],
+    opts: MapOptions,
+) -> Result<(), Stop> {
+    let fmt = op.fmt;
+    let host = op.host;
+    let caches_empty = fmt.caches_empty_entries();
+    let mut restarts = 0;
+    let span = chunk_span(op.geometry());
+    let mut it = op.iter::<M>(start, last, Level::LEAF);
+    it.without_post();
+    while it.valid() {
+        if it.visit() == Visit::Leaf {
+            let level = it.level();
+            match it.kind() {
+                EntryKind::Empty => {
+                    let size = it.geometry().level_size(level);
+                    if leaf_ok[level.index()] && it.span_in_range(start) {
+                        // A run of empty slots takes consecutive leaves in one tight loop.
+                        let empty = fmt.empty(level);
+                        let run = it.run_len();
+                        let mut n = 0;
+                        // SAFETY: `n < run`: inside the current table.
+                        while n < run && unsafe { it.ptr_at(n) }.load(F::BYTE_ORDER) == empty {
+                            n += 1;
+                        }
+                        let out = hpa + (it.gpa() - start);
+                        // SAFETY: the `n` slots are slots of the current table.
+                        let written = unsafe {
+                            write_leaves::<F, M>(
+                                fmt,
+                                it.ptr(),
+                                n,
+                                level,
+                                out,
+                                attrs,
+                                opts.young_dirty,
+                            )
+                        };
+                        count_add::<M>(it.table_meta(), written as i64);
+                        op.delta.leaves[level.index()] += written as i64;
+                        if caches_empty && written > 0 {
+                            // What a walker cached for these empty slots may be smaller invalid
+                            // entries (loaded through invalid tables): no level hint.
+                            if level == Level::LEAF {
+                                op.pending
+                                    .flush_span(it.gpa(), written as u64 * size, level);
+                            } else {
+                                op.pending
+                                    .flush_span_any_level(it.gpa(), written as u64 * size);
+                            }
+                        }
+                        op.charge(written as u64);
+                        if written < n {
+                            // Shared mode: another updater filled the next slot; look at it.
+                            it.skip(written);
+                            continue;
+                        }
+                        it.skip(n.saturating_sub(1));
+                    } else {
+                        // Level 0 always takes a leaf, so `level` is above it here.
+                        let child_level = Level::from_index(level.index() - 1);
+                        if op.cache.lens()[child_level.index()] == 0 {
+                            // The reserve ran dry: reserve the next chunk from here.
+                            let pos = it.gpa().max(start);
+                            let bound =
+                                map_bound(it.geometry(), pos, chunk_last(pos, last, span), leaf_ok);
+                            if let Err(Error::OutOfMemory { size }) = op.reserve(&bound) {
+                                return Err(Stop::OutOfMemory(size, pos));
+                            }
+                        }
+                        let child = op.take_table(child_level).map_err(|_| {
+                            Stop::OutOfMemory(
+                                op.geometry().table_size(child_level),
+                                it.gpa().max(start),
+                            )
+                        })?;
+                        let prefill = leaf_ok[child_level.index()] && it.span_in_range(start);
+                        let entries = it.geometry().entries(child_level);
+                        if prefill {
+                            // The whole child table maps leaves: write them before linking it,
+                            // and do not walk them again.
+                            let virt = host.phys_to_virt(child);
+                            let out = hpa + (it.gpa() - start);
+                            // SAFETY: `child` is a table of `child_level`'s size, owned by this
+                            // operation and not yet reachable by any walker.
+                            unsafe {
+                                fill_leaves(
+                                    fmt,
+                                    crate::entry::EntryPtr::new(virt, 0),
+                                    entries,
+                                    child_level,
+                                    out,
+                                    attrs,
+                                    opts.young_dirty,
+                                );
+                                host.meta(child).as_ref()
+                            }
+                            .count
+                            .store(entries as u32, crate::sync::Ordering::Relaxed);
+                        } else {
+                            // SAFETY: `child` is a table of `child_level`'s size, unlinked.
+                            unsafe { fill_table(fmt, host, child, child_level) };
+                        }
+                        if try_set(&mut it, fmt.make_table(child, level)).is_err() {
+                            // Shared mode: another updater filled the slot first. The table
+                            // goes back to the reserve; look at what is there now.
+                            op.cache.push(host, child_level, child);
+                            continue;
+                        }
+                        op.delta.tables[child_level.index()] += 1;
+                        if prefill {
+                            it.skip_children();
+                            op.delta.leaves[child_level.index()] += entries as i64;
+                            op.charge(entries as u64);
+                        }
+                        if caches_empty {
+                            // A walker may have cached the empty entry; address fences may cover
+                            // only leaves, so flush as for a table change.
+                            op.pending.flush_table_span(it.gpa(), size);
+                        }
+                    }
+                }
+                EntryKind::Frozen if M::SHARED => {
+                    frozen_restart(&mut it, &mut restarts, start)
+                        .map_err(|_| Stop::Retry(it.gpa().max(start)))?;
+                    continue;
+                }
+                _ => return Err(Stop::Conflict(it.gpa().max(start))),
+            }
+            if op.budget == 0 && it.gpa() < last {
+                // Stop after this entry; the chunk loop reports where to resume.
+                let next = it.gpa() + it.geometry().level_size(it.level());
+                if next <= last {
+                    return Err(Stop::Budget(next));
+                }
+            }
+        }
+        it.next();
+    }
+    Ok(())
+}
+
+/// Upper bound of the tables a map of `[start, last]` needs, by level.
+pub(crate) fn map_bound(
+    geo: &Geometry,
+    start: u64,
+    last: u64,
+    leaf_ok: &[bool; MAX_LEVELS],
+) -> [u64; MAX_LEVELS] {
+    let mut need = [0u64; MAX_LEVELS];
+    for l in 0..geo.root_level().index() {
+        let parent = Level::from_index(l + 1);
+        let shift = geo.shift(parent);
+        let spans = (last >> shift) - (start >> shift) + 1;
+        let covered = if leaf_ok[parent.index()] {
+            // Spans of the parent level entirely inside the range take a leaf there or above.
+            let first_full = start.div_ceil(1u64 << shift);
+            let end_full = (last + 1) >> shift;
+            end_full.saturating_sub(first_full)
+        } else {
+            0
+        };
+        need[l] = spans - covered;
+    }
+    need
+}

@@ -1,0 +1,48 @@
+//! teardown: clear the whole tree (exclusive mode only).
+
+use crate::addr::{Hpa, Level};
+use crate::entry::EntryPtr;
+use crate::flush::{Delta, Pending};
+use crate::format::{EntryKind, PteFormat};
+use crate::host::{Host, TlbFlush};
+use crate::mode::Exclusive;
+use crate::update::{count_add, remove_table};
+
+/// Empties every root entry, accounts for and queues every table below (no walk per page: leaf
+/// tables are accounted from their counts), and issues one whole-VM flush. The tables are left
+/// in `pending` for the caller to release.
+pub(crate) fn clear<F: PteFormat, H: Host>(
+    fmt: &F,
+    host: &H,
+    root: Hpa,
+    pending: &mut Pending,
+    delta: &mut Delta,
+) {
+    let geo = fmt.geometry();
+    let level = geo.root_level();
+    let empty = fmt.empty(level);
+    let virt = host.phys_to_virt(root);
+    // SAFETY: `root` is the tree's live root table.
+    let meta = unsafe { host.meta(root).as_ref() };
+    for i in 0..geo.entries(level) {
+        // SAFETY: `i` is below the root's entry count.
+        let p = unsafe { EntryPtr::new(virt, i) };
+        let old = p.load(F::BYTE_ORDER);
+        if old == empty {
+            continue;
+        }
+        p.store(empty, F::BYTE_ORDER);
+        count_add::<Exclusive>(meta, -1);
+        match fmt.classify(old, level) {
+            EntryKind::Table => {
+                let child = fmt.table_addr(old, level);
+                let cl = Level::from_index(level.index() - 1);
+                remove_table::<F, H, Exclusive>(fmt, host, child, cl, false, pending, delta);
+            }
+            EntryKind::Leaf => delta.leaves[level.index()] -= 1,
+            _ => {}
+        }
+    }
+    meta.flags.store(0, crate::sync::Ordering::Relaxed);
+    host.flush_tlb(TlbFlush::All);
+}
