@@ -20,6 +20,24 @@
 //!
 //! KVM's leaf (`kvm_mips_map_page`): `PRESENT | __READABLE (VALID | ACCESSED) | CCA`, `WRITE`
 //! if the slot is writable, `__WRITEABLE (DIRTY | WRITE | MODIFIED)` on a write fault.
+//!
+//! # Frozen values
+//!
+//! The refill follows every directory entry as a pointer, so a frozen directory entry must lead
+//! to an invalid table too. Linux's refill does not mask the pointer it loads: it adds the
+//! byte offset of the index and loads from the sum (`arch/mips/mm/tlbex.c`: `build_get_pmde64`
+//! `ld ptr, 0(ptr)` "get pmd pointer", then `daddu ptr, ptr, tmp` "add in pmd offset";
+//! `build_get_ptep` `UASM_i_ADDU` "add in offset"; `build_update_entries` `ld` of the even and
+//! odd PTE; KVM's refill, `arch/mips/kvm/entry.c` `kvm_mips_build_tlb_refill_exception`, is
+//! built from these three). No bit of the pointer is ignored: bits 2:0 make the `ld`
+//! misaligned (Address Error inside the refill), any other bit below the table size moves
+//! every entry read (the last indexes land past the table) and any bit above it names other
+//! memory. So a frozen directory value is the invalid table itself reached through its
+//! *other* unmapped alias, with the same cacheability ([`MipsConfig::invalid_tables`]): a
+//! ckseg0 table through xkphys with CCA `cca_writeback` (Linux sets Config.K0, the ckseg0
+//! CCA, to `_page_cachable_default`: `arch/mips/mm/c-r4k.c` `coherency_setup`) and back, a
+//! ckseg1 table through xkphys CCA 2 (uncached) and back. The PTE frozen value is
+//! WRITE | ACCESSED | MODIFIED, never valid.
 
 use tdp_core::{
     AdModel, AdState, Attrs, ByteOrder, EntryKind, Error, Geometry, Gpa, Hpa, Level, MemType,
@@ -186,6 +204,12 @@ pub struct MipsConfig {
     /// kernel virtual address (xkphys, ckseg0 or ckseg1) of a table of level `l - 1` entries
     /// that are all empty (`invalid_pte_table`, `invalid_pmd_table`). The caller allocates,
     /// fills and keeps them; they must never come from the engine's host allocator.
+    ///
+    /// The frozen value of a level-`l` directory entry is the same table through its other
+    /// unmapped alias (see the module docs), so each invalid table needs one: a ckseg0 or
+    /// ckseg1 address (its PA below 2^`pabits`), or an xkphys address below 512 MiB with CCA
+    /// `cca_writeback` or 2 (uncached). Linux's `invalid_pte_table` and `invalid_pmd_table` are
+    /// in the kernel image, which 64-bit MIPS kernels usually link in ckseg0.
     pub invalid_tables: [u64; 2],
 }
 
@@ -245,7 +269,8 @@ pub struct Mips<const BIG_ENDIAN: bool = false> {
     dirty: u64,
     xi: u64,
     ri: u64,
-    frozen: u64,
+    /// The frozen value per level: the PTE value at 0, an alias of the invalid table above.
+    frozen: [u64; 3],
 }
 
 /// A little-endian host (Loongson-3, mips64el).
@@ -260,8 +285,62 @@ const fn bit(b: u8) -> u64 {
 /// Whether `va` is in a 64-bit unmapped segment the refill handler can dereference.
 fn unmapped(va: u64, pabits: u8) -> bool {
     let xkphys = va >> 62 == 0b10 && va & (((1u64 << 59) - 1) & !((1u64 << pabits) - 1)) == 0;
-    let ckseg01 = (0xFFFF_FFFF_8000_0000..0xFFFF_FFFF_C000_0000).contains(&va);
+    let ckseg01 = (CKSEG0..CKSSEG).contains(&va);
     xkphys || ckseg01
+}
+
+/// ckseg0: unmapped, cached with Config.K0 (MIPS64 PRA Vol. III, 64-bit address spaces).
+const CKSEG0: u64 = 0xFFFF_FFFF_8000_0000;
+/// ckseg1: unmapped, uncached.
+const CKSEG1: u64 = 0xFFFF_FFFF_A000_0000;
+/// The mapped segment above ckseg1.
+const CKSSEG: u64 = 0xFFFF_FFFF_C000_0000;
+/// ckseg0 and ckseg1 each reach the low 512 MiB of physical memory.
+const CKSEG_SPAN: u64 = CKSEG1 - CKSEG0;
+
+/// The xkphys address of `pa` with cache coherency attribute `cca` (bits 61:59).
+const fn xkphys(cca: u8, pa: u64) -> u64 {
+    0x8000_0000_0000_0000 | ((cca as u64 & 7) << 59) | pa
+}
+
+/// The other unmapped alias of the kernel pointer `va` with the same cacheability, if it has
+/// one: ckseg0 (CCA Config.K0 = `cca_k0`) and xkphys with CCA `cca_k0`, or ckseg1 and xkphys
+/// with CCA 2 (uncached). The PA must be below 512 MiB (ckseg's reach) and 2^`pabits`.
+fn other_alias(va: u64, cca_k0: u8, pabits: u8) -> Option<u64> {
+    let pa_limit = 1u64 << pabits;
+    if (CKSEG0..CKSEG1).contains(&va) {
+        let pa = va - CKSEG0;
+        return (pa < pa_limit).then_some(xkphys(cca_k0, pa));
+    }
+    if (CKSEG1..CKSSEG).contains(&va) {
+        let pa = va - CKSEG1;
+        return (pa < pa_limit).then_some(xkphys(CCA_UNCACHED, pa));
+    }
+    if va >> 62 != 0b10 {
+        return None;
+    }
+    let pa = va & (pa_limit - 1);
+    let cca = ((va >> 59) & 7) as u8;
+    if pa >= CKSEG_SPAN || va != xkphys(cca, pa) {
+        None
+    } else if cca == cca_k0 {
+        Some(CKSEG0 + pa)
+    } else if cca == CCA_UNCACHED {
+        Some(CKSEG1 + pa)
+    } else {
+        None
+    }
+}
+
+/// The physical address of a pointer `unmapped` accepted.
+fn unmapped_pa(va: u64, pabits: u8) -> u64 {
+    if (CKSEG0..CKSEG1).contains(&va) {
+        va - CKSEG0
+    } else if (CKSEG1..CKSSEG).contains(&va) {
+        va - CKSEG1
+    } else {
+        va & ((1u64 << pabits) - 1)
+    }
 }
 
 impl<const BIG_ENDIAN: bool> Mips<BIG_ENDIAN> {
@@ -272,8 +351,10 @@ impl<const BIG_ENDIAN: bool> Mips<BIG_ENDIAN> {
     /// level count other than 2 or 3, an index width outside 5..=13 (root 5..=17), PABITS
     /// outside `page_shift..=59`, a span beyond 63 bits, a layout whose fields overlap or exceed
     /// the word or are not in EntryLo order, a write-back CCA of 2, 7 or above 7, a table window
-    /// that is not an xkphys base, or an invalid table that is 0, misaligned, not in an
-    /// unmapped segment or equal to the frozen value.
+    /// that is not an xkphys base, an invalid table that is 0, misaligned or not in an
+    /// unmapped segment, an invalid table without the same-cacheability alias its frozen value
+    /// needs (see [`MipsConfig::invalid_tables`]), or two invalid tables that share memory (a
+    /// frozen value would then equal another level's empty value).
     pub fn new(cfg: MipsConfig) -> Result<Self, Error> {
         let bad = |what, value: u64| Err(Error::InvalidConfig { what, value });
         if !(12..=16).contains(&cfg.page_shift) {
@@ -315,14 +396,30 @@ impl<const BIG_ENDIAN: bool> Mips<BIG_ENDIAN> {
                 }
             })?;
         let l = cfg.layout;
-        let frozen = bit(l.write) | bit(l.accessed) | bit(l.modified);
+        // Level 0: never valid (PRESENT = VALID = 0). Above: the invalid table's other alias.
+        let leaf_frozen = bit(l.write) | bit(l.accessed) | bit(l.modified);
+        let mut frozen = [leaf_frozen; 3];
+        let mut spans = [(0u64, 0u64); 2];
         for lv in 1..levels {
             let v = cfg.invalid_tables[lv - 1];
             let child = Level::new(lv as u8 - 1).ok_or(Error::InvalidGeometry)?;
             let size = geo.table_size(child) as u64;
-            if v == 0 || v & (size - 1) != 0 || !unmapped(v, cfg.pabits) || v == frozen {
+            if v == 0 || v & (size - 1) != 0 || !unmapped(v, cfg.pabits) {
                 return bad("MIPS invalid table", v);
             }
+            // The alias is in another segment than `v`, so it differs from `empty(lv)`. It may
+            // have a table pointer's form (xkphys with the window's CCA), but it names the
+            // invalid table, whose memory never comes from the engine's allocator, so no real
+            // table pointer equals it; `classify` tests it first.
+            let Some(alias) = other_alias(v, cfg.cca_writeback, cfg.pabits) else {
+                return bad("MIPS invalid table without a same-cacheability alias", v);
+            };
+            frozen[lv] = alias;
+            let pa = unmapped_pa(v, cfg.pabits);
+            spans[lv - 1] = (pa, pa + size);
+        }
+        if levels == 3 && spans[0].0 < spans[1].1 && spans[1].0 < spans[0].1 {
+            return bad("MIPS invalid tables overlap", cfg.invalid_tables[1]);
         }
         let pfn_bits = u32::from(cfg.pabits - cfg.page_shift);
         let (xi, ri) = l.rixi().map_or((0, 0), |(x, r)| (bit(x), bit(r)));
@@ -436,11 +533,19 @@ impl<const BIG_ENDIAN: bool> PteFormat for Mips<BIG_ENDIAN> {
         }
     }
 
-    /// WRITE | ACCESSED | MODIFIED with PRESENT = VALID = 0: never valid as a PTE. As a
-    /// directory entry the refill would dereference it (it is not in an unmapped segment):
-    /// shared-mode freezing of directory entries needs a per-level frozen value (trait gap).
-    fn frozen(&self, _level: Level) -> u64 {
+    /// Level 0: WRITE | ACCESSED | MODIFIED with PRESENT = VALID = 0, never valid as a PTE (and
+    /// KVM's fast path ignores a PTE without PRESENT). Directory level `l`: the level's invalid
+    /// table (`empty(l)`) through its other unmapped alias with the same cacheability (ckseg0 ↔
+    /// xkphys CCA `cca_writeback`, ckseg1 ↔ xkphys CCA 2), so the refill that follows it meets
+    /// only invalid entries, exactly as for `empty(l)`, while the value differs from
+    /// `empty(l)` and from every real table pointer (see the module docs for why no marker bit
+    /// can be added to the pointer instead).
+    #[inline]
+    fn frozen(&self, level: Level) -> u64 {
         self.frozen
+            .get(level.index())
+            .copied()
+            .unwrap_or(self.frozen[0])
     }
 
     /// Requires `READ`: KVM's fast path (`pte_mkyoung`) only sets VALID on a readable PTE, so a
@@ -530,8 +635,11 @@ impl<const BIG_ENDIAN: bool> PteFormat for Mips<BIG_ENDIAN> {
         v
     }
 
+    /// `frozen(level)` first (a directory's frozen value may have the table window's form),
+    /// then `empty(level)`. Only this level's frozen value is `Frozen`: the PTE frozen value in
+    /// a directory is `Other` (the refill would dereference it).
     fn classify(&self, raw: u64, level: Level) -> EntryKind {
-        if raw == self.frozen {
+        if raw == self.frozen(level) {
             return EntryKind::Frozen;
         }
         if raw == self.empty(level) {

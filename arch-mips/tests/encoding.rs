@@ -669,10 +669,19 @@ fn pgd_pointer_and_frozen_value() {
     ));
     let f = e.fmt.frozen(Level::LEAF);
     assert_eq!(f, WRITE | ACCESSED | MODIFIED);
-    for l in 0..3 {
-        assert_eq!(e.fmt.classify(f, Level::new(l).unwrap()), EntryKind::Frozen);
-    }
+    assert_eq!(e.fmt.classify(f, Level::LEAF), EntryKind::Frozen);
     assert_eq!(e.fmt.entrylo(f) & 2, 0, "never valid as a PTE");
+    // Directories: the ckseg0 invalid table through xkphys CCA 3 (= `cca_writeback`, K0).
+    let inv = e.fmt.config().invalid_tables;
+    assert_eq!(inv, [CKSEG0 + 0x0840_0000, CKSEG0 + 0x0840_1000]);
+    let (l1, l2) = (Level::new(1).unwrap(), Level::new(2).unwrap());
+    assert_eq!(e.fmt.frozen(l1), 0x9800_0000_0840_0000);
+    assert_eq!(e.fmt.frozen(l2), 0x9800_0000_0840_1000);
+    for l in [l1, l2] {
+        assert_eq!(e.fmt.classify(e.fmt.frozen(l), l), EntryKind::Frozen);
+        // The PTE frozen value in a directory would be dereferenced: not a frozen directory.
+        assert_eq!(e.fmt.classify(f, l), EntryKind::Other);
+    }
     assert!(e.fmt.caches_empty_entries());
 }
 
