@@ -2,7 +2,9 @@
 //!
 //! - [`HeapHost`]: table pages in a bounded physical window at a caller-chosen base (physical ≠
 //!   virtual), with leak accounting, allocation-failure injection at any chosen allocation, a
-//!   recording TLB, raw physical reads and writes for software walkers, and table-image export.
+//!   recording TLB, raw physical reads and writes for software walkers (atomic word loads and
+//!   compare-exchanges for walkers that run concurrently with the engine), and table-image
+//!   export. It is `Sync`.
 //! - [`inject::at_every_allocation`]: runs an operation with allocation failure injected at every
 //!   point in turn and checks that each failure leaves the host and the tree as they were.
 //! - [`Model`]: the reference model, a map from guest ranges to host ranges and attributes.
