@@ -10,8 +10,10 @@ use std::boxed::Box;
 use std::vec::Vec;
 
 use crate::addr::Hpa;
-use crate::host::{Host, TableMeta, TlbFlush};
+use crate::host::{Host, RetiredTables, SharedHost, TableMeta, TlbFlush};
 use crate::sync::{AtomicU64, Mutex, MutexGuard, Ordering};
+
+use super::epoch::{EpochGuard, Epochs};
 
 /// Something the host saw, in order.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -50,6 +52,11 @@ struct State {
 ///
 /// A full window makes `alloc_table` return `None`, like a real host out of memory. Freeing a
 /// table that is not allocated panics: that is an engine bug, and tests should fail on it.
+///
+/// As a [`SharedHost`] it frees retired tables after an epoch-based grace period (see
+/// [`HeapHost::pending_retired_tables`], [`HeapHost::reclaim`], [`HeapHost::synchronize`]).
+/// Retired tables that are not freed yet still count as outstanding: a leak check is
+/// `host.synchronize()` followed by a look at [`HeapHost::outstanding_tables`].
 pub struct HeapHost {
     base: u64,
     size: u64,
@@ -57,6 +64,7 @@ pub struct HeapHost {
     mem: Box<[AtomicU64]>,
     metas: Box<[TableMeta]>,
     state: Mutex<State>,
+    epochs: Epochs,
 }
 
 /// Locks `m`, ignoring poisoning: a test that panicked while holding one of the host's locks
@@ -102,6 +110,7 @@ impl HeapHost {
                 sizes: std::vec![0; (size / granule as u64) as usize],
                 ..State::default()
             }),
+            epochs: Epochs::new(),
         }
     }
 
@@ -114,12 +123,13 @@ impl HeapHost {
         self.base
     }
 
-    /// Tables allocated and not freed.
+    /// Tables allocated and not freed (retired tables waiting for their grace period included).
     pub fn outstanding_tables(&self) -> usize {
         self.state().tables
     }
 
-    /// Bytes of tables allocated and not freed.
+    /// Bytes of tables allocated and not freed (retired tables waiting for their grace period
+    /// included).
     pub fn outstanding_bytes(&self) -> usize {
         self.state().bytes
     }
@@ -253,6 +263,30 @@ impl HeapHost {
     /// the window). Freed tables are poisoned only while recording is on.
     pub fn is_poisoned(&self, pa: u64) -> bool {
         self.load_phys_u64(pa & !7) == Some(Self::POISON)
+    }
+
+    /// Number of retired tables whose grace period has not been seen to end yet (retired with
+    /// [`SharedHost::retire`], not freed).
+    pub fn pending_retired_tables(&self) -> usize {
+        self.epochs.pending_tables()
+    }
+
+    /// Frees now every retired list whose grace period has ended (no reader that was pinned
+    /// when it was retired is still pinned). Guards and `retire` do this on their own; this is
+    /// for tests that want it at a chosen point.
+    pub fn reclaim(&self) {
+        self.epochs.reclaim(self);
+    }
+
+    /// Frees every retired table, waiting for readers pinned before their retirement to unpin
+    /// (a test helper, like `synchronize_rcu` + `rcu_barrier`). Call it with no guard held by
+    /// the calling thread: that would wait forever, so debug builds panic if any reader is pinned
+    /// when it is called.
+    ///
+    /// # Panics
+    /// In debug builds, if a reader is pinned when it is called.
+    pub fn synchronize(&self) {
+        self.epochs.synchronize(self);
     }
 
     fn record(&self, e: HostEvent) {
@@ -419,6 +453,32 @@ unsafe impl Host for HeapHost {
 
     fn invalidate_icache(&self, hpa: Hpa, size: u64) {
         self.record(HostEvent::InvalidateIcache(hpa, size));
+    }
+}
+
+// SAFETY: a list handed to `retire` is freed only by `Epochs::reclaim` (which `synchronize`
+// loops on) once no reader slot holds an epoch at or before the list's retire epoch. A guard whose
+// pin happens before `retire` pinned such an epoch (the global epoch only grows, and `retire`
+// bumps it after the pin read it) and keeps it in its slot until it is dropped; a guard pinned
+// concurrently is either seen the same way or, by the `SeqCst` fences, sees the tables already
+// detached and cannot reach them (the argument is in testing/epoch.rs). The only other free is in
+// `Drop`, when no guard, which borrows the host, can be alive.
+unsafe impl SharedHost for HeapHost {
+    type Guard<'a> = EpochGuard<'a>;
+
+    fn read_side(&self) -> EpochGuard<'_> {
+        self.epochs.pin(self)
+    }
+
+    fn retire(&self, tables: RetiredTables) {
+        self.epochs.retire(self, tables);
+    }
+}
+
+impl Drop for HeapHost {
+    fn drop(&mut self) {
+        // Guards borrow the host, so none is alive: every retired list is past its grace period.
+        self.epochs.free_all(self);
     }
 }
 

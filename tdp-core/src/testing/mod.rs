@@ -4,18 +4,21 @@
 //!   virtual), with leak accounting, allocation-failure injection at any chosen allocation, a
 //!   recording TLB, raw physical reads and writes for software walkers (atomic word loads and
 //!   compare-exchanges for walkers that run concurrently with the engine), and table-image
-//!   export. It is `Sync`.
+//!   export. It is `Sync` and a [`crate::SharedHost`], freeing retired tables after an
+//!   epoch-based grace period ([`EpochGuard`]).
 //! - [`inject::at_every_allocation`]: runs an operation with allocation failure injected at every
 //!   point in turn and checks that each failure leaves the host and the tree as they were.
 //! - [`Model`]: the reference model, a map from guest ranges to host ranges and attributes.
 //! - [`TestFormat`]: a small generic format with knobs (hardware A/D, break-before-make), for
 //!   engine tests that do not depend on an architecture crate.
 
+mod epoch;
 mod format;
 mod heap;
 pub mod inject;
 mod model;
 
+pub use epoch::EpochGuard;
 pub use format::TestFormat;
 pub use heap::{HeapHost, HostEvent, TableImage};
 pub use model::{Model, ModelSpan};
