@@ -7,6 +7,7 @@
 
 use core::ptr::NonNull;
 use std::boxed::Box;
+use std::sync::Arc;
 use std::vec::Vec;
 
 use crate::addr::Hpa;
@@ -14,6 +15,7 @@ use crate::host::{Host, RetiredTables, SharedHost, TableMeta, TlbFlush};
 use crate::sync::{AtomicU64, Mutex, MutexGuard, Ordering};
 
 use super::epoch::{EpochGuard, Epochs};
+use super::shadow::ShadowTlb;
 
 /// Something the host saw, in order.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -65,6 +67,7 @@ pub struct HeapHost {
     metas: Box<[TableMeta]>,
     state: Mutex<State>,
     epochs: Epochs,
+    tlbs: Mutex<Vec<Arc<ShadowTlb>>>,
 }
 
 /// Locks `m`, ignoring poisoning: a test that panicked while holding one of the host's locks
@@ -111,6 +114,7 @@ impl HeapHost {
                 ..State::default()
             }),
             epochs: Epochs::new(),
+            tlbs: Mutex::new(Vec::new()),
         }
     }
 
@@ -265,6 +269,12 @@ impl HeapHost {
         self.load_phys_u64(pa & !7) == Some(Self::POISON)
     }
 
+    /// Forwards every TLB flush from now on to `tlb` as well (see [`ShadowTlb::invalidate`]).
+    /// Several TLBs may be attached, one per simulated vCPU.
+    pub fn attach_shadow_tlb(&self, tlb: Arc<ShadowTlb>) {
+        lock(&self.tlbs).push(tlb);
+    }
+
     /// Number of retired tables whose grace period has not been seen to end yet (retired with
     /// [`SharedHost::retire`], not freed).
     pub fn pending_retired_tables(&self) -> usize {
@@ -363,7 +373,8 @@ impl TableImage {
 // until freed; `phys_to_virt` maps into `mem`, which lives as long as the host and is only accessed
 // through atomics; each table's metadata is the `metas` slot of its first granule, used by no other
 // allocated table because tables are at least one granule apart; `flush_tlb` has nothing to wait
-// for (no hardware uses this memory).
+// for (no hardware uses this memory) beyond the attached shadow TLBs, which it invalidates before
+// it returns.
 unsafe impl Host for HeapHost {
     fn alloc_table(&self, size: usize) -> Option<Hpa> {
         let mut s = self.state();
@@ -445,6 +456,10 @@ unsafe impl Host for HeapHost {
 
     fn flush_tlb(&self, flush: TlbFlush) {
         self.record(HostEvent::Flush(flush));
+        // Held while invalidating, so that a flush returns only once every attached TLB is done.
+        for tlb in lock(&self.tlbs).iter() {
+            tlb.invalidate(&flush);
+        }
     }
 
     fn clean_dcache(&self, hpa: Hpa, size: u64) {

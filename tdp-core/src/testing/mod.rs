@@ -6,6 +6,8 @@
 //!   compare-exchanges for walkers that run concurrently with the engine), and table-image
 //!   export. It is `Sync` and a [`crate::SharedHost`], freeing retired tables after an
 //!   epoch-based grace period ([`EpochGuard`]).
+//! - [`ShadowTlb`]: the TLBs of simulated vCPUs, filled by the test's walker, invalidated by the
+//!   host's flushes, and checked against the table after each operation.
 //! - [`inject::at_every_allocation`]: runs an operation with allocation failure injected at every
 //!   point in turn and checks that each failure leaves the host and the tree as they were.
 //! - [`Model`]: the reference model, a map from guest ranges to host ranges and attributes.
@@ -17,8 +19,10 @@ mod format;
 mod heap;
 pub mod inject;
 mod model;
+mod shadow;
 
 pub use epoch::EpochGuard;
 pub use format::TestFormat;
 pub use heap::{HeapHost, HostEvent, TableImage};
 pub use model::{Model, ModelSpan};
+pub use shadow::{ShadowTlb, TlbStats, Translation, Walked};
