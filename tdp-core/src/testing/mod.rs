@@ -2,18 +2,27 @@
 //!
 //! - [`HeapHost`]: table pages in a bounded physical window at a caller-chosen base (physical ≠
 //!   virtual), with leak accounting, allocation-failure injection at any chosen allocation, a
-//!   recording TLB, raw physical reads and writes for software walkers, and table-image export.
+//!   recording TLB, raw physical reads and writes for software walkers (atomic word loads and
+//!   compare-exchanges for walkers that run concurrently with the engine), and table-image
+//!   export. It is `Sync` and a [`crate::SharedHost`], freeing retired tables after an
+//!   epoch-based grace period ([`EpochGuard`]).
+//! - [`ShadowTlb`]: the TLBs of simulated vCPUs, filled by the test's walker, invalidated by the
+//!   host's flushes, and checked against the table after each operation.
 //! - [`inject::at_every_allocation`]: runs an operation with allocation failure injected at every
 //!   point in turn and checks that each failure leaves the host and the tree as they were.
 //! - [`Model`]: the reference model, a map from guest ranges to host ranges and attributes.
 //! - [`TestFormat`]: a small generic format with knobs (hardware A/D, break-before-make), for
 //!   engine tests that do not depend on an architecture crate.
 
+mod epoch;
 mod format;
 mod heap;
 pub mod inject;
 mod model;
+mod shadow;
 
+pub use epoch::EpochGuard;
 pub use format::TestFormat;
 pub use heap::{HeapHost, HostEvent, TableImage};
 pub use model::{Model, ModelSpan};
+pub use shadow::{ShadowTlb, TlbStats, Translation, Walked};
