@@ -493,6 +493,40 @@ impl<F: PteFormat, H: Host> ExclusiveAccess<'_, F, H> {
     }
 }
 
+impl<F: PteFormat, H: Host> ExclusiveAccess<'_, F, H> {
+    /// Removes every mapping of the tree, on a budget: the resumable form of teardown (the
+    /// whole input range unmapped, whole subtrees at once, tables freed). The root stays.
+    ///
+    /// # Errors
+    /// None in practice (no huge leaf is cut, so no table is needed); [`Error::CacheMismatch`].
+    pub fn clear(&self, ctx: &mut Ctx, flush: &mut PendingFlush<H>) -> Result<Progress, Error> {
+        let bits = self.tree.fmt.geometry().ia_bits();
+        let all = GpaRange::new(Gpa::new(0), 1u64 << bits)?;
+        self.unmap(ctx, flush, all)
+    }
+
+    /// Resumes [`ExclusiveAccess::clear`] at `resume`.
+    ///
+    /// # Errors
+    /// As [`ExclusiveAccess::clear`]; [`Error::GpaTooWide`] if `resume` is beyond the input width.
+    pub fn clear_from(
+        &self,
+        ctx: &mut Ctx,
+        flush: &mut PendingFlush<H>,
+        resume: Gpa,
+    ) -> Result<Progress, Error> {
+        let end = 1u64 << self.tree.fmt.geometry().ia_bits();
+        let size = end
+            .checked_sub(resume.raw())
+            .filter(|&s| s > 0)
+            .ok_or(Error::GpaTooWide {
+                gpa: resume,
+                bits: self.tree.fmt.geometry().ia_bits(),
+            })?;
+        self.unmap(ctx, flush, GpaRange::new(resume, size)?)
+    }
+}
+
 impl<F: PteFormat, H: SharedHost> SharedAccess<'_, F, H> {
     common_ops!(Shared, |f: &mut PendingFlush<H>| f.mark_shared());
 

@@ -279,6 +279,26 @@ pub(crate) unsafe fn fill_leaves<F: PteFormat>(
     debug_assert_eq!(written, n);
 }
 
+/// Takes the entry at `ptr`: replaces it by `with` and returns what it held, atomically when
+/// `atomic` (another updater or hardware may change it), else with a load and a store. The
+/// taker owns the slot until it writes it again with [`put_back`] (collapse, removal, teardown).
+#[inline(always)]
+pub(crate) fn take<F: PteFormat>(ptr: EntryPtr, with: u64, atomic: bool) -> u64 {
+    if atomic {
+        ptr.swap(with, F::BYTE_ORDER)
+    } else {
+        let v = ptr.load(F::BYTE_ORDER);
+        ptr.store(with, F::BYTE_ORDER);
+        v
+    }
+}
+
+/// Writes `v` into a slot the caller took with [`take`] (no other updater writes a taken slot).
+#[inline(always)]
+pub(crate) fn put_back<F: PteFormat>(ptr: EntryPtr, v: u64) {
+    ptr.store(v, F::BYTE_ORDER);
+}
+
 /// What a zap of a run of entries did.
 pub(crate) struct ZapRun {
     /// Entries passed (zapped or already empty), from the run's first.

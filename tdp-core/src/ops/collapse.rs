@@ -1,6 +1,6 @@
 //! collapse: replace tables of uniform leaves by huge leaves (huge-page recovery).
 
-use crate::addr::{GpaRange, Hpa, Level};
+use crate::addr::{Gpa, GpaRange, Hpa, Level};
 use crate::entry::EntryPtr;
 use crate::error::Error;
 use crate::format::{EntryKind, PteFormat};
@@ -8,7 +8,7 @@ use crate::host::Host;
 use crate::iter::Visit;
 use crate::mode::Mode;
 use crate::tree::Progress;
-use crate::update::try_set;
+use crate::update::{put_back, take, try_set};
 
 use super::{check_range, Op};
 
@@ -34,6 +34,9 @@ pub(crate) fn collapse<F: PteFormat, H: Host, M: Mode>(
     let mut it = op.iter::<M>(start, last, Level::LEAF);
     while it.valid() {
         let level = it.level();
+        if it.visit() == Visit::Leaf {
+            op.charge(1);
+        }
         if it.visit() == Visit::TablePost
             && it.kind() == EntryKind::Table
             && geo.is_leaf_level(level)
@@ -65,6 +68,16 @@ pub(crate) fn collapse<F: PteFormat, H: Host, M: Mode>(
                         );
                     }
                 }
+            }
+        }
+        if it.visit() == Visit::TablePost && op.budget == 0 {
+            // Out of budget after a whole subtree: stop here. (A table whose children were
+            // split across two calls is collapsed by a later call that covers its whole span.)
+            let next = it.gpa().wrapping_add(geo.level_size(level));
+            if next != 0 && next <= last {
+                return Ok(Progress::Yielded {
+                    resume: Gpa::new(next),
+                });
             }
         }
         it.next();
@@ -134,7 +147,7 @@ fn take_children<F: PteFormat, H: Host, M: Mode>(
         let cur = p.load_for(M::SHARED, F::BYTE_ORDER);
         let volatile = M::SHARED || fmt.volatile_bits(cur, child_level) != 0;
         let v = if volatile {
-            p.swap(frozen, F::BYTE_ORDER)
+            take::<F>(p, frozen, true)
         } else {
             cur
         };
@@ -143,7 +156,7 @@ fn take_children<F: PteFormat, H: Host, M: Mode>(
             // updater owns it), the others as the uniform pieces they were, with the A/D bits
             // seen so far (a superset: nothing is lost).
             if volatile && v != frozen {
-                p.store(v, F::BYTE_ORDER);
+                put_back::<F>(p, v);
             }
             restore::<F, H>(fmt, host, child, level, first, ad, i);
             return None;
@@ -172,7 +185,7 @@ fn restore<F: PteFormat, H: Host>(
         // SAFETY: `i` is below the entry count of the live table `child`.
         let p = unsafe { EntryPtr::new(virt, i) };
         if p.load(F::BYTE_ORDER) == frozen {
-            p.store(fmt.split_child(huge, level, i), F::BYTE_ORDER);
+            put_back::<F>(p, fmt.split_child(huge, level, i));
         }
     }
 }

@@ -6,7 +6,7 @@ use crate::flush::{Delta, Pending};
 use crate::format::{EntryKind, PteFormat};
 use crate::host::{Host, TlbFlush};
 use crate::mode::Exclusive;
-use crate::update::{count_add, remove_table};
+use crate::update::{count_add, remove_table, take};
 
 /// Empties every root entry, accounts for and queues every table below (no walk per page: leaf
 /// tables are accounted from their counts), and issues one whole-VM flush. The tables are left
@@ -27,11 +27,10 @@ pub(crate) fn clear<F: PteFormat, H: Host>(
     for i in 0..geo.entries(level) {
         // SAFETY: `i` is below the root's entry count.
         let p = unsafe { EntryPtr::new(virt, i) };
-        let old = p.load(F::BYTE_ORDER);
-        if old == empty {
+        if p.load(F::BYTE_ORDER) == empty {
             continue;
         }
-        p.store(empty, F::BYTE_ORDER);
+        let old = take::<F>(p, empty, false);
         count_add::<Exclusive>(meta, -1);
         match fmt.classify(old, level) {
             EntryKind::Table => {
