@@ -145,8 +145,9 @@ fn map_page_fast<F: PteFormat, H: Host, M: Mode>(
         )
     };
     if written == 0 {
-        // Another updater filled the slot first.
-        return Some(Err(Error::AlreadyMapped { gpa: Gpa::new(gpa) }));
+        // Shared mode: another updater filled or froze the slot first; the general path looks
+        // at what is there (a leaf: already mapped; frozen: restart).
+        return None;
     }
     // SAFETY: `table` is a live table of this tree (Host contract for `meta`).
     count_add::<M>(unsafe { op.host.meta(table).as_ref() }, 1);
