@@ -71,8 +71,16 @@ impl TableCache {
     }
 
     /// Whether the cache was made for tables of `geo`.
+    #[inline]
     pub fn fits(&self, geo: &Geometry) -> bool {
-        self.sizes == sizes_of(geo)
+        (0..MAX_LEVELS).all(|l| {
+            let size = if l < geo.levels() as usize {
+                geo.table_size(Level::from_index(l)) as u32
+            } else {
+                0
+            };
+            self.sizes[l] == size
+        })
     }
 
     /// Adds a table that is owned by the engine and reachable from nothing.

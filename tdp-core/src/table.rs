@@ -186,7 +186,7 @@ impl<F: PteFormat, H: Host> Table<F, H> {
         let mut op = self.tree.op(&mut self.ctx, &mut self.pending);
         let r = f(&mut op);
         let delta = op.delta;
-        self.tree.fold::<Exclusive>(&delta);
+        self.tree.fold::<Exclusive>(&delta, 0);
         self.pending
             .flush_into(self.tree.host(), &mut self.ctx.cache);
         let keep = if r.is_err() {

@@ -66,6 +66,17 @@ pub enum Progress {
 pub struct Ctx {
     pub(crate) cache: TableCache,
     budget: Option<u64>,
+    /// Which shard of a tree's statistics this caller adds to (callers spread over the shards,
+    /// so concurrent callers do not share one counter's cache line).
+    shard: u8,
+}
+
+/// Shards of a tree's statistics: concurrent callers add to different cache lines.
+const STAT_SHARDS: usize = 8;
+
+fn next_shard() -> u8 {
+    static NEXT: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+    (NEXT.fetch_add(1, core::sync::atomic::Ordering::Relaxed) % STAT_SHARDS) as u8
 }
 
 impl Ctx {
@@ -74,6 +85,7 @@ impl Ctx {
         Ctx {
             cache: TableCache::new(fmt.geometry()),
             budget: None,
+            shard: next_shard(),
         }
     }
 
@@ -109,7 +121,10 @@ impl Ctx {
     }
 }
 
-/// Leaf and table counters, updated with one atomic add per changed level per operation.
+/// Leaf and table counters (one shard of them), updated with one atomic add per changed level
+/// per operation. Counts are kept as wrapping sums: a shard may go below zero when another shard
+/// holds the matching additions; the sum over shards is exact.
+#[repr(align(64))]
 struct TreeStats {
     leaves: [AtomicU64; MAX_LEVELS],
     tables: [AtomicU64; MAX_LEVELS],
@@ -129,11 +144,9 @@ impl TreeStats {
             return;
         }
         if M::SHARED {
-            let before = c.fetch_add(d as u64, Ordering::Relaxed);
-            debug_assert!(before as i64 + d >= 0, "statistic below zero");
+            c.fetch_add(d as u64, Ordering::Relaxed);
         } else {
             let v = c.load(Ordering::Relaxed);
-            debug_assert!(v as i64 + d >= 0, "statistic below zero");
             c.store(v.wrapping_add(d as u64), Ordering::Relaxed);
         }
     }
@@ -152,7 +165,7 @@ pub struct Tree<F: PteFormat, H: Host> {
     fmt: F,
     host: H,
     root: Hpa,
-    stats: TreeStats,
+    stats: [TreeStats; STAT_SHARDS],
 }
 
 // SAFETY: a tree's own state is its format, its host and atomics; entries are changed only
@@ -175,8 +188,8 @@ impl<F: PteFormat, H: Host> Tree<F, H> {
         let root = host.alloc_table(size).ok_or(Error::OutOfMemory { size })?;
         // SAFETY: `root` was just allocated with `size` bytes for a table of `root_level`.
         unsafe { fill_table(&fmt, &host, root, root_level) };
-        let stats = TreeStats::new();
-        stats.tables[root_level.index()].store(1, Ordering::Relaxed);
+        let stats: [TreeStats; STAT_SHARDS] = core::array::from_fn(|_| TreeStats::new());
+        stats[0].tables[root_level.index()].store(1, Ordering::Relaxed);
         Ok(Tree {
             fmt,
             host,
@@ -208,8 +221,14 @@ impl<F: PteFormat, H: Host> Tree<F, H> {
             ..Stats::default()
         };
         for l in 0..geo.levels() as usize {
-            s.leaves[l] = self.stats.leaves[l].load(Ordering::Relaxed);
-            s.tables[l] = self.stats.tables[l].load(Ordering::Relaxed);
+            for shard in &self.stats {
+                s.leaves[l] = s.leaves[l].wrapping_add(shard.leaves[l].load(Ordering::Relaxed));
+                s.tables[l] = s.tables[l].wrapping_add(shard.tables[l].load(Ordering::Relaxed));
+            }
+            debug_assert!(
+                s.leaves[l] as i64 >= 0 && s.tables[l] as i64 >= 0,
+                "statistic below zero"
+            );
             s.table_bytes += s.tables[l] * geo.table_size(Level::from_index(l)) as u64;
         }
         s
@@ -261,11 +280,13 @@ impl<F: PteFormat, H: Host> Tree<F, H> {
         }
     }
 
-    pub(crate) fn fold<M: Mode>(&self, d: &Delta) {
-        self.stats
+    #[inline]
+    pub(crate) fn fold<M: Mode>(&self, d: &Delta, shard: u8) {
+        self.stats[shard as usize % STAT_SHARDS]
             .fold::<M>(d, self.fmt.geometry().levels() as usize);
     }
 
+    #[inline]
     fn check_ctx(&self, ctx: &Ctx) -> Result<(), Error> {
         if ctx.cache.fits(self.fmt.geometry()) {
             Ok(())
@@ -287,10 +308,11 @@ impl<F: PteFormat, H: Host> Tree<F, H> {
             flush.host().phys_to_virt(self.root) == self.host.phys_to_virt(self.root),
             "a PendingFlush of another host"
         );
+        let shard = ctx.shard;
         let mut op = self.op(ctx, &mut flush.pending);
         let r = f(&mut op);
         let delta = op.delta;
-        self.fold::<M>(&delta);
+        self.fold::<M>(&delta, shard);
         if M::SHARED && !flush.pending.is_empty() {
             flush.pending.shared = true;
         }
@@ -306,7 +328,7 @@ impl<F: PteFormat, H: Host> Tree<F, H> {
         let mut pending = crate::flush::Pending::new();
         let mut delta = Delta::default();
         ops::teardown::clear(&self.fmt, &self.host, self.root, &mut pending, &mut delta);
-        self.fold::<Exclusive>(&delta);
+        self.fold::<Exclusive>(&delta, 0);
         pending.settle::<H>(&self.host, None);
     }
 }

@@ -12,7 +12,7 @@ use std::vec::Vec;
 
 use crate::addr::Hpa;
 use crate::host::{Host, RetiredTables, SharedHost, TableMeta, TlbFlush};
-use crate::sync::{AtomicU64, Mutex, MutexGuard, Ordering};
+use crate::sync::{AtomicU32, AtomicU64, Mutex, MutexGuard, Ordering};
 
 use super::epoch::{EpochGuard, Epochs};
 use super::shadow::ShadowTlb;
@@ -68,6 +68,10 @@ pub struct HeapHost {
     state: Mutex<State>,
     epochs: Epochs,
     tlbs: Mutex<Vec<Arc<ShadowTlb>>>,
+    /// Mirrors of `State::record` and of `tlbs.len() != 0`, read without the locks on the
+    /// per-call paths (cache maintenance and flush calls of benchmarks that record nothing).
+    recording: AtomicU32,
+    have_tlbs: AtomicU32,
 }
 
 /// Locks `m`, ignoring poisoning: a test that panicked while holding one of the host's locks
@@ -115,6 +119,8 @@ impl HeapHost {
             }),
             epochs: Epochs::new(),
             tlbs: Mutex::new(Vec::new()),
+            recording: AtomicU32::new(1),
+            have_tlbs: AtomicU32::new(0),
         }
     }
 
@@ -160,6 +166,7 @@ impl HeapHost {
         let mut s = self.state();
         s.record = on;
         s.events.clear();
+        self.recording.store(u32::from(on), Ordering::Relaxed);
     }
 
     /// Takes the events recorded so far.
@@ -273,6 +280,7 @@ impl HeapHost {
     /// Several TLBs may be attached, one per simulated vCPU.
     pub fn attach_shadow_tlb(&self, tlb: Arc<ShadowTlb>) {
         lock(&self.tlbs).push(tlb);
+        self.have_tlbs.store(1, Ordering::Release);
     }
 
     /// Number of retired tables whose grace period has not been seen to end yet (retired with
@@ -300,6 +308,9 @@ impl HeapHost {
     }
 
     fn record(&self, e: HostEvent) {
+        if self.recording.load(Ordering::Relaxed) == 0 {
+            return;
+        }
         let mut s = self.state();
         if s.record {
             s.events.push(e);
@@ -456,6 +467,9 @@ unsafe impl Host for HeapHost {
 
     fn flush_tlb(&self, flush: TlbFlush) {
         self.record(HostEvent::Flush(flush));
+        if self.have_tlbs.load(Ordering::Acquire) == 0 {
+            return;
+        }
         // Held while invalidating, so that a flush returns only once every attached TLB is done.
         for tlb in lock(&self.tlbs).iter() {
             tlb.invalidate(&flush);
