@@ -6,12 +6,16 @@ Reads, under the criterion output directory (default: <repo>/target/criterion):
     `point_estimate`, in ns per iteration;
   - tdp-meta/<group>.json and tdp-meta/machine.json, written by benches/benches/explicit.rs: what
     each group measured (subject, leaf size, number of leaves, its floor group, memory) and the
-    machine.
+    machine;
+  - tdp-meta/shared_*.json and tdp-meta/run-shared.json, written by benches/benches/shared.rs: its
+    groups (per-page map in exclusive and shared mode, one and two threads) and its run.
 Every time is divided by the number of leaves of its group ("ns per page": per leaf of the
-group's size). Results older than the run's machine record are ignored as stale.
+group's size). Results older than the run record of their bench file (machine.json for
+explicit.rs, run-shared.json for shared.rs) are ignored as stale.
 
 Python 3 standard library only.
   python3 benches/report.py [--criterion DIR] [--md FILE] [--csv FILE] [--duration TEXT]
+  python3 benches/report.py --shared-only     # print the shared-mode section, write nothing
 """
 
 import argparse
@@ -23,7 +27,8 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-COMMAND = "cargo bench -p tdp-benches --bench explicit && python3 benches/report.py"
+COMMAND = ("cargo bench -p tdp-benches --bench explicit --bench shared && "
+           "python3 benches/report.py")
 
 # The operations, in table order, with the floor each is compared with.
 OPS = [
@@ -82,6 +87,16 @@ PEER_TARGET = 0.5  # at least 2x faster than the fastest peer
 FLOOR_TARGET = 2.0  # within 2x of the floor
 MEMORY_TARGET = 1.1  # table memory within 1.1x of the minimum
 METADATA_TARGET = 16  # bytes per table page
+SHARED_1T_TARGET = 1.2  # shared mode on one thread at most 1.2x the time of exclusive mode
+SHARED_2T_TARGET = 1.7  # two threads at least 1.7x the throughput of one
+
+# The benches of a shared_<arch>_<leaf> group (benches/benches/shared.rs), in table order.
+SHARED_BENCHES = [
+    ("table_map_pages", "`Table::map_with` per page (reference)"),
+    ("excl_map_pages", "`tree.exclusive().map` per page"),
+    ("shared_map_pages_1t", "`tree.shared(&guard).map` per page, 1 thread"),
+    ("shared_map_pages_2t", "`tree.shared(&guard).map` per page, 2 threads, disjoint halves"),
+]
 
 
 def load_json(path):
@@ -90,10 +105,13 @@ def load_json(path):
 
 
 def read_meta(crit):
+    """Groups, the machine record and its time, and the other bench files' run records:
+    {run name: (record, time)}."""
     meta_dir = os.path.join(crit, "tdp-meta")
     if not os.path.isdir(meta_dir):
-        sys.exit(f"no {meta_dir}: run `cargo bench -p tdp-benches --bench explicit` first")
-    groups, machine, machine_mtime = {}, None, 0.0
+        sys.exit(f"no {meta_dir}: run `cargo bench -p tdp-benches --bench explicit "
+                 "--bench shared` first")
+    groups, machine, machine_mtime, runs = {}, None, 0.0, {}
     for name in sorted(os.listdir(meta_dir)):
         if not name.endswith(".json"):
             continue
@@ -101,13 +119,16 @@ def read_meta(crit):
         rec = load_json(path)
         if rec.get("kind") == "machine":
             machine, machine_mtime = rec, os.path.getmtime(path)
+        elif rec.get("kind") == "run":
+            runs[rec["run"]] = (rec, os.path.getmtime(path))
         else:
             groups[rec["group"]] = rec
-    return groups, machine, machine_mtime
+    return groups, machine, machine_mtime, runs
 
 
 def read_estimates(crit, not_before):
-    """(group, bench) -> median ns per iteration, from this run only."""
+    """(group, bench) -> median ns per iteration, from this run only: `not_before(group)` is the
+    time of the run record the group's results must not be older than."""
     out, stale = {}, []
     for dirpath, _dirs, files in os.walk(crit):
         if os.path.basename(dirpath) != "new" or "estimates.json" not in files:
@@ -115,11 +136,23 @@ def read_estimates(crit, not_before):
         bench = load_json(os.path.join(dirpath, "benchmark.json"))
         est_path = os.path.join(dirpath, "estimates.json")
         key = (bench["group_id"], bench["function_id"] or bench.get("value_str"))
-        if os.path.getmtime(est_path) + 1 < not_before:
+        if os.path.getmtime(est_path) + 1 < not_before(key[0]):
             stale.append("/".join(key))
             continue
         out[key] = load_json(est_path)["median"]["point_estimate"]
     return out, stale
+
+
+def not_before_fn(groups, machine_mtime, runs):
+    """The staleness threshold of each group: its bench file's run record."""
+    shared_mtime = runs.get("shared", (None, 0.0))[1]
+
+    def not_before(group):
+        g = groups.get(group)
+        if g is not None and g.get("kind") == "shared":
+            return shared_mtime
+        return machine_mtime
+    return not_before
 
 
 def fmt_ns(x):
@@ -226,11 +259,106 @@ def write_csv(rows, path):
         for r in rows:
             out = {}
             for k in fields:
-                v = r[k]
+                v = r.get(k)
                 if isinstance(v, float):
                     v = f"{v:.6g}"
                 out[k] = "" if v is None else v
             w.writerow(out)
+
+
+def build_shared_rows(groups, est):
+    """One row per (shared group, bench) measured, for the CSV (op = the bench's name)."""
+    rows = []
+    for g in sorted((g for g in groups.values() if g["kind"] == "shared"),
+                    key=lambda g: (g.get("order", 0), g["group"])):
+        for bench, _title in SHARED_BENCHES:
+            ns_iter = est.get((g["group"], bench))
+            if ns_iter is None:
+                continue
+            rows.append({"kind": "shared", "subject": g["subject"], "leaf": g["leaf"],
+                         "leaves": g["leaves"], "op": bench, "ns_per_iter": ns_iter,
+                         "ns_per_page": ns_iter / g["leaves"]})
+    return rows
+
+
+def verdict_at_most(ratio, target):
+    """'met' or 'missed', for a ratio that should be at most `target` (two decimals)."""
+    if ratio is None:
+        return "n/a"
+    if ratio <= target:
+        return "met"
+    return f"missed ({ratio / target:.2f}× over)"
+
+
+def verdict_at_least(ratio, target):
+    """'met' or 'missed', for a ratio that should be at least `target`."""
+    if ratio is None:
+        return "n/a"
+    if ratio >= target:
+        return "met"
+    return f"missed ({target / ratio:.2f}× short)"
+
+
+def shared_section(groups, est, run=None):
+    """The markdown lines of the shared-mode section (empty if shared.rs did not run)."""
+    shared = sorted((g for g in groups.values() if g["kind"] == "shared"),
+                    key=lambda g: (g.get("order", 0), g["group"]))
+    shared = [g for g in shared if any((g["group"], b) in est for b, _ in SHARED_BENCHES)]
+    if not shared:
+        return []
+    out = []
+    w = out.append
+    w("## Shared mode: map page by page, one thread and two")
+    w("")
+    w("From `benches/benches/shared.rs` (issue 17, item 10): 1 GiB of 4 KiB pages mapped into "
+      "an empty tree with one map call per page (262,144 calls), through the explicit API "
+      "(reference), the tree's exclusive mode, and its shared mode on one thread and on two "
+      "threads at once, each thread over its own 512 MiB half with its own `Ctx`, "
+      "`PendingFlush` and read-side guard. In the tree benches every table the run adds is "
+      "reserved before the timed part (`Ctx::topup`), so the timed loop never calls the host "
+      "(checked); one `PendingFlush` per caller for the whole run. The two-thread time runs "
+      "from the first thread's start to the last one's end. Each run is checked after its timed "
+      "part (sampled translations through `query`, the leaf count) and torn down outside it.")
+    w("")
+    if run:
+        w(f"Run: commit `{run.get('commit', '?')}`, {run.get('cpus', '?')} CPUs available, "
+          f"{run.get('cpu', '?')}.")
+        w("")
+    w("ns per page (median time of the 262,144 calls / 262,144) and throughput:")
+    w("")
+    head = ["API"] + [f"{g['subject']} ns/page" for g in shared] + \
+        [f"{g['subject']} Mpages/s" for g in shared]
+    w("| " + " | ".join(head) + " |")
+    w("|" + "---|" * len(head))
+    for bench, title in SHARED_BENCHES:
+        vals = [est.get((g["group"], bench)) for g in shared]
+        if all(v is None for v in vals):
+            continue
+        pp = [v / g["leaves"] if v is not None else None for v, g in zip(vals, shared)]
+        line = [title] + [fmt_ns(x) for x in pp]
+        line += [f"{1e3 / x:.1f}" if x else "—" for x in pp]
+        w("| " + " | ".join(line) + " |")
+    w("")
+    w(f"Targets: shared mode on one thread costs at most {SHARED_1T_TARGET}× exclusive mode per "
+      f"page; two threads over disjoint ranges reach at least {SHARED_2T_TARGET}× the "
+      "one-thread throughput.")
+    w("")
+    w("| arch | shared 1t / exclusive | target ≤ 1.2 | 2t throughput / 1t | target ≥ 1.7 | "
+      "exclusive / `Table::map_with` |")
+    w("|---|---|---|---|---|---|")
+    for g in shared:
+        e = {b: est.get((g["group"], b)) for b, _ in SHARED_BENCHES}
+        r1 = (e["shared_map_pages_1t"] / e["excl_map_pages"]
+              if e["shared_map_pages_1t"] and e["excl_map_pages"] else None)
+        # Same number of pages in both: throughput ratio = time ratio inverted.
+        r2 = (e["shared_map_pages_1t"] / e["shared_map_pages_2t"]
+              if e["shared_map_pages_1t"] and e["shared_map_pages_2t"] else None)
+        rt = (e["excl_map_pages"] / e["table_map_pages"]
+              if e["excl_map_pages"] and e["table_map_pages"] else None)
+        w(f"| {g['subject']} | {fmt_ratio(r1)} | {verdict_at_most(r1, SHARED_1T_TARGET)} | "
+          f"{fmt_ratio(r2)} | {verdict_at_least(r2, SHARED_2T_TARGET)} | {fmt_ratio(rt)} |")
+    w("")
+    return out
 
 
 def leaf_order(groups):
@@ -241,7 +369,7 @@ def leaf_order(groups):
     return sorted(leaves, key=lambda k: leaves[k])
 
 
-def markdown(groups, machine, rows, est, stale, duration, before=None, notes=""):
+def markdown(groups, machine, rows, est, stale, duration, before=None, notes="", shared_run=None):
     tdp = [r for r in rows if r["kind"] == "tdp"]
     # Columns in the order the run measured them (x86 first, then arm64, ...; peers last).
     first = {}
@@ -260,7 +388,8 @@ def markdown(groups, machine, rows, est, stale, duration, before=None, notes="")
     w("# Benchmarks")
     w("")
     w("Generated by `benches/report.py` from one criterion run of `benches/benches/explicit.rs` "
-      "(issue 14). Do not edit by hand: rerun the command below.")
+      "(issue 14) and `benches/benches/shared.rs` (issue 17). Do not edit by hand: rerun the "
+      "command below.")
     w("")
     w("## Machine and command")
     w("")
@@ -310,7 +439,7 @@ def markdown(groups, machine, rows, est, stale, duration, before=None, notes="")
       "EPT-like user entry; `x64` x86_64 0.15.5 `OffsetPageTable`. `—` means the peer has no "
       "such operation (see `benches/benches/peers/*.rs` for how each one does each operation).")
     w("")
-    w("Configurations (one line each in `benches/benches/explicit.rs`):")
+    w("Configurations (one constructor each in `benches/src/formats.rs`):")
     w("")
     for label, text in CONFIGS:
         if any(g.get("subject") == label for g in groups.values()):
@@ -420,6 +549,7 @@ def markdown(groups, machine, rows, est, stale, duration, before=None, notes="")
         w("")
         w("Every engine cell of both runs is in the two CSV files.")
         w("")
+    out.extend(shared_section(groups, est, shared_run))
     w("## Memory")
     w("")
     w("Table bytes of the tree after mapping the range (the root included), against the fewest "
@@ -456,6 +586,9 @@ def main():
                     help="an earlier benchmarks.csv to compare with (skipped if missing)")
     ap.add_argument("--notes", default=os.path.join(ROOT, "benches", "results", "hotspots.md"),
                     help="text describing the engine changes between the runs (skipped if missing)")
+    ap.add_argument("--shared-only", action="store_true",
+                    help="print the shared-mode section (benches/benches/shared.rs) to stdout "
+                         "and write nothing")
     args = ap.parse_args()
     before = {}
     if os.path.exists(args.before):
@@ -468,14 +601,22 @@ def main():
         with open(args.notes, encoding="utf-8") as f:
             notes = f.read()
 
-    groups, machine, machine_mtime = read_meta(args.criterion)
-    est, stale = read_estimates(args.criterion, machine_mtime)
+    groups, machine, machine_mtime, runs = read_meta(args.criterion)
+    est, stale = read_estimates(args.criterion, not_before_fn(groups, machine_mtime, runs))
+    shared_run = runs.get("shared", (None, 0.0))[0]
+    if args.shared_only:
+        lines = shared_section(groups, est, shared_run)
+        if not lines:
+            sys.exit("no results of benches/benches/shared.rs found")
+        print("\n".join(lines))
+        return
     rows = build_rows(groups, est)
     if not rows:
         sys.exit("no results of this run found")
-    write_csv(rows, args.csv)
+    write_csv(rows + build_shared_rows(groups, est), args.csv)
     with open(args.md, "w", encoding="utf-8") as f:
-        f.write(markdown(groups, machine, rows, est, stale, args.duration, before, notes))
+        f.write(markdown(groups, machine, rows, est, stale, args.duration, before, notes,
+                         shared_run))
     print(f"wrote {args.md} and {args.csv}: {len(rows)} results"
           + (f", {len(stale)} stale ignored" if stale else ""))
 

@@ -30,123 +30,45 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use tdp_arch_arm64::{Granule, Stage2, Stage2Caps, Stage2Options};
-use tdp_arch_loongarch::{LoongArch, LoongArchConfig};
-use tdp_arch_mips::{MipsConfig, MipsLe};
-use tdp_arch_ppc::{Radix, RadixGranule, RadixOptions};
-use tdp_arch_riscv::{Gstage, GstageCaps, GstageMode, GstageOptions};
-use tdp_arch_x86::{Ept, EptCaps, EptOptions, Npt, NptOptions};
-use tdp_benches::floor;
+use tdp_arch_arm64::Granule;
+use tdp_arch_ppc::RadixGranule;
 use tdp_benches::meta::{self, Record};
 use tdp_benches::workload::{self, size_name, GIB};
 use tdp_benches::Workload;
+use tdp_benches::{floor, formats};
 use tdp_core::PteFormat;
 
 use peers::{Op, Peer};
 
-// --- the architectures: one line per configuration ------------------------------------------
-
-fn ept(accessed_dirty: bool) -> Ept {
-    // Execute-only, 4/5-level, UC/WB, 2M/1G pages, A/D (IA32_VMX_EPT_VPID_CAP of a recent core).
-    let caps = EptCaps::from_vmx_ept_vpid_cap(0x0023_41c1);
-    let opts = EptOptions {
-        levels: 4,
-        accessed_dirty,
-        maxphyaddr: 46,
-        mbec: false,
-    };
-    Ept::new(caps, opts).expect("valid EPT configuration")
-}
-
-fn npt() -> Npt {
-    Npt::new(NptOptions::default()).expect("valid NPT configuration")
-}
+// --- the architectures: one line per configuration (constructors in tdp_benches::formats) --
 
 fn x86(c: &mut Criterion) {
-    arch(c, "ept-ad", || ept(true));
-    arch(c, "ept-noad", || ept(false));
-    arch(c, "npt", npt);
-}
-
-fn stage2(granule: Granule) -> Stage2 {
-    // A recent server core: 48-bit PA, FWB, hardware Access flag and dirty state (like EPT with
-    // A/D), 16-bit VMIDs; KVM's default 40-bit IPA.
-    let caps = Stage2Caps {
-        pa_range_bits: 48,
-        ..Stage2Caps::all()
-    };
-    let opts = Stage2Options {
-        fwb: true,
-        hw_access: true,
-        hw_dirty: true,
-        vmid16: true,
-        ..Stage2Options::new(granule, 40, 48)
-    };
-    Stage2::new(caps, opts).expect("valid stage-2 configuration")
+    arch(c, "ept-ad", || formats::ept(true));
+    arch(c, "ept-noad", || formats::ept(false));
+    arch(c, "npt", formats::npt);
 }
 
 fn arm64(c: &mut Criterion) {
-    arch(c, "arm64-4k", || stage2(Granule::K4));
-    arch(c, "arm64-16k", || stage2(Granule::K16));
-    arch(c, "arm64-64k", || stage2(Granule::K64));
-}
-
-fn gstage() -> Gstage {
-    // Sv48x4 (KVM keeps the largest mode that sticks), hardware A/D (Svadu), Svpbmt, no Svvptc.
-    let caps = GstageCaps {
-        max_mode: GstageMode::Sv48x4,
-        vmid_bits: 14,
-        svadu: true,
-        svpbmt: true,
-        svvptc: false,
-    };
-    let opts = GstageOptions {
-        mode: GstageMode::Sv48x4,
-        pa_bits: 56,
-        leaf_512g: false,
-    };
-    Gstage::new(caps, opts).expect("valid G-stage configuration")
+    arch(c, "arm64-4k", || formats::stage2(Granule::K4));
+    arch(c, "arm64-16k", || formats::stage2(Granule::K16));
+    arch(c, "arm64-64k", || formats::stage2(Granule::K64));
 }
 
 fn riscv(c: &mut Criterion) {
-    arch(c, "rv-sv48x4", gstage);
-}
-
-fn loongarch_16k() -> LoongArch {
-    // Linux's usual host: 16 KiB pages, 3 levels, software refill; the invalid tables are the
-    // caller's (DMW-window addresses of two 16 KiB tables outside the engine's window).
-    let cfg = LoongArchConfig::linux(14, 3, [0x9000_0000_0100_0000, 0x9000_0000_0100_4000, 0]);
-    LoongArch::new(cfg).expect("valid LoongArch configuration")
+    arch(c, "rv-sv48x4", formats::gstage);
 }
 
 fn loongarch(c: &mut Criterion) {
-    arch(c, "loongarch-16k", loongarch_16k);
-}
-
-fn mips_16k() -> MipsLe {
-    // A Loongson-3 host: little-endian, 16 KiB pages, 3 levels, RIXI; the invalid tables live in
-    // the host kernel image (ckseg0), outside the engine's window.
-    let cfg = MipsConfig::linux64_16k([0xffff_ffff_8100_0000, 0xffff_ffff_8100_4000]);
-    MipsLe::new(cfg).expect("valid MIPS configuration")
+    arch(c, "loongarch-16k", formats::loongarch_16k);
 }
 
 fn mips(c: &mut Criterion) {
-    arch(c, "mips-16k", mips_16k);
-}
-
-fn radix(granule: RadixGranule) -> Radix {
-    // A POWER9-like partition: 52-bit real addresses, 12 LPID bits.
-    let opts = RadixOptions {
-        granule,
-        pa_bits: 52,
-        lpid_bits: 12,
-    };
-    Radix::new(opts).expect("valid radix configuration")
+    arch(c, "mips-16k", formats::mips_16k);
 }
 
 fn ppc(c: &mut Criterion) {
-    arch(c, "ppc-4k", || radix(RadixGranule::Page4K));
-    arch(c, "ppc-64k", || radix(RadixGranule::Page64K));
+    arch(c, "ppc-4k", || formats::radix(RadixGranule::Page4K));
+    arch(c, "ppc-64k", || formats::radix(RadixGranule::Page64K));
 }
 
 fn rust_peers(c: &mut Criterion) {

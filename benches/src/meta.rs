@@ -127,6 +127,17 @@ fn command_line(program: &str, args: &[&str]) -> String {
 /// `/proc/cpuinfo`), the number of CPUs this process may use, the compiler, and the commit of the
 /// workspace (with `+dirty` when it has uncommitted changes).
 pub fn machine() -> Record {
+    machine_fields(Record::new().str("kind", "machine"))
+}
+
+/// The record of one bench file's run, `name`, with the same fields as [`machine`]: written by a
+/// bench file other than `benches/explicit.rs`, whose [`machine`] record marks older results as
+/// stale, so that each file's results are judged against its own run.
+pub fn run(name: &str) -> Record {
+    machine_fields(Record::new().str("kind", "run").str("run", name))
+}
+
+fn machine_fields(record: Record) -> Record {
     let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get() as u64);
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
@@ -134,8 +145,7 @@ pub fn machine() -> Record {
     if !command_line("git", &["-C", root, "status", "--porcelain"]).is_empty() {
         commit.push_str("+dirty");
     }
-    Record::new()
-        .str("kind", "machine")
+    record
         .str("cpu", &cpuinfo(&info, "model name"))
         .str(
             "cpu_id",

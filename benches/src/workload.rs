@@ -8,7 +8,8 @@
 
 use tdp_core::testing::HeapHost;
 use tdp_core::{
-    Attrs, Geometry, Gpa, GpaRange, Host, Hpa, Level, MapOptions, Perms, PteFormat, Stats, Table,
+    Attrs, Error, Geometry, Gpa, GpaRange, Host, Hpa, Level, MapOptions, Mapping, Perms, PteFormat,
+    Stats, Table,
 };
 
 /// One gibibyte: the size of every benchmarked range.
@@ -152,7 +153,8 @@ pub fn empty<F: PteFormat + Clone, H: Host>(fmt: &F, host: H) -> Table<F, H> {
     Table::new(fmt.clone(), host).expect("room for the root")
 }
 
-fn opts(level: Level) -> MapOptions {
+/// The options every workload maps with: leaves of `level` at most, A/D preset (KVM's policy).
+pub fn opts(level: Level) -> MapOptions {
     MapOptions {
         max_level: Some(level),
         young_dirty: true,
@@ -269,11 +271,32 @@ pub fn check_mapped<F: PteFormat, H: Host>(
     level: Level,
     perms: Perms,
 ) -> Result<(), String> {
-    let geo = *t.format().geometry();
+    check_translations(
+        t.format().geometry(),
+        &t.stats(),
+        |gpa| t.query(gpa),
+        w,
+        level,
+        perms,
+    )
+}
+
+/// [`check_mapped`] for any tree: `query` translates one address, `stats` are the tree's
+/// counters.
+///
+/// # Errors
+/// A description of the first difference.
+pub fn check_translations(
+    geo: &Geometry,
+    stats: &Stats,
+    query: impl Fn(Gpa) -> Result<Option<Mapping>, Error>,
+    w: &Workload,
+    level: Level,
+    perms: Perms,
+) -> Result<(), String> {
     for i in w.samples() {
         let gpa = w.probe(i);
-        let m = t
-            .query(Gpa::new(gpa))
+        let m = query(Gpa::new(gpa))
             .map_err(|e| format!("query {gpa:#x}: {e:?}"))?
             .ok_or_else(|| format!("{gpa:#x} is not mapped"))?;
         if m.hpa.raw() != w.expect(i) || m.level != level || m.attrs.perms != perms {
@@ -287,13 +310,12 @@ pub fn check_mapped<F: PteFormat, H: Host>(
             ));
         }
     }
-    let s = t.stats();
     let want = w.size / geo.level_size(level);
-    if s.leaves[level.index()] != want || s.total_leaves() != want {
+    if stats.leaves[level.index()] != want || stats.total_leaves() != want {
         return Err(format!(
             "{} leaves ({:?}), expected {want} at level {}",
-            s.total_leaves(),
-            s.leaves,
+            stats.total_leaves(),
+            stats.leaves,
             level.get()
         ));
     }

@@ -10,23 +10,14 @@ use tdp_arch_loongarch::{LoongArch, LoongArchConfig};
 use tdp_arch_mips::{MipsConfig, MipsLe};
 use tdp_arch_ppc::{Radix, RadixGranule, RadixOptions};
 use tdp_arch_riscv::{Gstage, GstageCaps, GstageMode, GstageOptions};
-use tdp_arch_x86::{Ept, EptCaps, EptOptions, Npt, NptOptions};
-use tdp_benches::workload::{self, Workload};
+use tdp_arch_x86::{Npt, NptOptions};
+use tdp_benches::formats::{self, ept};
+use tdp_benches::pages::{self, Api};
+use tdp_benches::workload::{self, Workload, GIB};
 use tdp_core::{Level, PteFormat};
 
 /// 16 MiB: pages, and the blocks up to 16 MiB (2 MiB on 4 KiB granules, none on arm64 16K/64K).
 const SIZE: u64 = 16 << 20;
-
-fn ept(accessed_dirty: bool) -> Ept {
-    let caps = EptCaps::from_vmx_ept_vpid_cap(0x0023_41c1);
-    let opts = EptOptions {
-        levels: 4,
-        accessed_dirty,
-        maxphyaddr: 46,
-        mbec: false,
-    };
-    Ept::new(caps, opts).unwrap()
-}
 
 fn engine<F: PteFormat + Clone>(fmt: F) {
     let geo = *fmt.geometry();
@@ -121,6 +112,52 @@ fn engine_workloads_take_effect_on_power_radix() {
         };
         engine(Radix::new(opts).unwrap());
     }
+}
+
+fn map_pages_through_every_api<F: PteFormat + Clone + Sync>(fmt: F) {
+    let w = Workload::all(fmt.geometry(), SIZE)[0];
+    let host = workload::host(&fmt);
+    for api in [
+        Api::Table,
+        Api::Exclusive,
+        Api::Shared(1),
+        Api::Shared(2),
+        Api::Shared(3),
+    ] {
+        // Twice: the second run starts from the host's warm pool.
+        for _ in 0..2 {
+            pages::run(&fmt, &host, &w, api).unwrap_or_else(|e| panic!("{api:?}: {e}"));
+        }
+    }
+}
+
+#[test]
+fn per_page_maps_take_effect_in_exclusive_and_shared_mode() {
+    map_pages_through_every_api(ept(true));
+    map_pages_through_every_api(formats::stage2(Granule::K4));
+}
+
+#[test]
+fn shared_benches_reserve_every_table_plus_one_spare() {
+    // EPT, 1 GiB of pages at 1 GiB: 512 leaf tables, one 2M table, one 1G table, each plus one.
+    let fmt = ept(true);
+    let w = Workload::all(fmt.geometry(), GIB)[0];
+    assert_eq!(
+        pages::reserve_need(fmt.geometry(), &w, &(0..w.leaves)),
+        [513, 2, 2, 0, 0]
+    );
+    // Half the range: 256 leaf tables.
+    assert_eq!(
+        pages::reserve_need(fmt.geometry(), &w, &pages::part(&w, 1, 2)),
+        [257, 2, 2, 0, 0]
+    );
+    // arm64 4K, 40-bit IPA: 3 levels, the root (level 2) holds the 1G entries.
+    let fmt = formats::stage2(Granule::K4);
+    let w = Workload::all(fmt.geometry(), GIB)[0];
+    assert_eq!(
+        pages::reserve_need(fmt.geometry(), &w, &(0..w.leaves)),
+        [513, 2, 0, 0, 0]
+    );
 }
 
 #[test]
