@@ -365,7 +365,9 @@ impl<'a, F: PteFormat, H: Host, M: Mode> Iter<'a, F, H, M> {
     /// break-before-make in progress the walk finds the new value).
     #[inline]
     pub(crate) fn restart_here(&mut self) {
-        self.target = self.gpa;
+        // Toward the next unvisited address (`target` is at or past `gpa`): not `gpa`, which is
+        // aligned down to the entry's span and may lie before the walk's start.
+        self.target = self.target.max(self.gpa);
         self.restart();
     }
 

@@ -217,7 +217,7 @@ fn map_walk<F: PteFormat, H: Host, M: Mode>(
                             }
                         }
                         op.charge(written as u64);
-                        if written < n {
+                        if written < n || n == 0 {
                             // Shared mode: another updater filled the next slot; look at it.
                             it.skip(written);
                             continue;
