@@ -52,6 +52,7 @@ pub struct TableMeta {
     pub(crate) link: AtomicU64,
 }
 
+#[cfg(not(loom))]
 static_assertions::const_assert_eq!(core::mem::size_of::<TableMeta>(), 16);
 
 impl TableMeta {
