@@ -540,7 +540,7 @@ fn bbm_split_vs(other: SharedFn, tables: usize) -> (Result<Progress, Error>, Cen
         tables,
         &[(0, SPAN, OUT, opts(true, None))],
     );
-    assert_eq!(w.tree.stats().leaves[1], 1);
+    assert_eq!(w.tree.stats().leaves[1], 1, "{:?}", w.tree.stats());
     let a = w.run(split_op(0, SPAN, L0));
     let b = w.run(other);
     let (ra, rb) = (a.join().unwrap(), b.join().unwrap());
