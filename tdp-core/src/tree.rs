@@ -225,10 +225,10 @@ impl<F: PteFormat, H: Host> Tree<F, H> {
                 s.leaves[l] = s.leaves[l].wrapping_add(shard.leaves[l].load(Ordering::Relaxed));
                 s.tables[l] = s.tables[l].wrapping_add(shard.tables[l].load(Ordering::Relaxed));
             }
-            debug_assert!(
-                s.leaves[l] as i64 >= 0 && s.tables[l] as i64 >= 0,
-                "statistic below zero"
-            );
+            // While shared-mode operations run, a removal may be counted before the install it
+            // undoes: show zero rather than a wrapped value (exact once no operation runs).
+            s.leaves[l] = (s.leaves[l] as i64).max(0) as u64;
+            s.tables[l] = (s.tables[l] as i64).max(0) as u64;
             s.table_bytes += s.tables[l] * geo.table_size(Level::from_index(l)) as u64;
         }
         s

@@ -104,13 +104,54 @@ pub(crate) fn map<F: PteFormat, H: Host, M: Mode>(
     };
     // Undo: everything in [start, undo_end) was empty before this call and was filled by it.
     if undo_end > start {
-        let _ = zap::zap_walk::<F, H, M>(op, start, undo_end - 1, u64::MAX);
+        if M::SHARED {
+            // Another updater may have unmapped and remapped part of it meanwhile: take back only
+            // the leaves this call wrote.
+            undo_shared::<F, H, M>(op, start, undo_end - 1, hpa.raw(), &attrs);
+        } else {
+            let _ = zap::zap_walk::<F, H, M>(op, start, undo_end - 1, u64::MAX);
+        }
     }
     // Give back what this call reserved, so the host sees the memory it saw before (once the
     // undo's tables are released by the caller's flush).
     let keep = core::array::from_fn(|l| cached_before[l]);
     op.cache.trim_to(op.host, &keep);
     Err(err)
+}
+
+/// Shared-mode undo of a refused map of `[start, last]` to `hpa`: every leaf that still maps the
+/// address and attributes this call gave it is made empty again (with compare-exchange, so a
+/// leaf another updater wrote meanwhile is left alone; one with the very same address and
+/// attributes cannot be told apart). Tables this call added stay (empty ones are freed by a later
+/// exclusive unmap).
+fn undo_shared<F: PteFormat, H: Host, M: Mode>(
+    op: &mut Op<'_, F, H>,
+    start: u64,
+    last: u64,
+    hpa: u64,
+    attrs: &Attrs,
+) {
+    let fmt = op.fmt;
+    let mut it = op.iter::<M>(start, last, Level::LEAF);
+    it.without_post();
+    while it.valid() {
+        if it.visit() == Visit::Leaf && it.kind() == EntryKind::Leaf && it.span_in_range(start) {
+            let level = it.level();
+            let ours = fmt.make_leaf(Hpa::new(hpa + (it.gpa() - start)), level, attrs, false);
+            let cur = it.old();
+            if fmt.leaf_addr(cur, level) == fmt.leaf_addr(ours, level)
+                && fmt.leaf_key(cur, level) == fmt.leaf_key(ours, level)
+            {
+                if try_set(&mut it, fmt.empty(level)).is_err() {
+                    continue; // changed meanwhile: look again
+                }
+                op.delta.leaves[level.index()] -= 1;
+                let size = it.geometry().level_size(level);
+                op.pending.flush_span(it.gpa(), size, level);
+            }
+        }
+        it.next();
+    }
 }
 
 /// Maps the page at `gpa` if every table down to its level-0 slot exists and the slot is empty;
