@@ -13,6 +13,9 @@
 //! - [`Model`]: the reference model, a map from guest ranges to host ranges and attributes.
 //! - [`TestFormat`]: a small generic format with knobs (hardware A/D, break-before-make), for
 //!   engine tests that do not depend on an architecture crate.
+//! - [`stress`]: bounded multi-threaded stress runs of a shared-mode tree against an
+//!   architecture's independent walker, and a check that shared mode alone matches exclusive
+//!   mode (driven by each architecture's tests).
 
 mod epoch;
 mod format;
@@ -20,6 +23,8 @@ mod heap;
 pub mod inject;
 mod model;
 mod shadow;
+#[cfg(not(loom))]
+pub mod stress;
 
 pub use epoch::EpochGuard;
 pub use format::TestFormat;
