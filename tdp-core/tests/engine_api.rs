@@ -583,3 +583,57 @@ fn shared_and_exclusive_maps_build_the_same_tree() {
     ctx.free_all(&host);
     let _ = EntryKind::Leaf;
 }
+
+#[test]
+fn a_huge_map_over_a_table_emptied_in_shared_mode_replaces_it_with_one_leaf() {
+    let host = HeapHost::new(BASE, 4 * MIB, 4096);
+    let tree = Tree::new(TestFormat::four_level(), &host).unwrap();
+    let mut ctx = Ctx::new(tree.format());
+    let mut flush = PendingFlush::new(&host);
+    {
+        let g = host.read_side();
+        let s = tree.shared(&g);
+        let one = range(0x20_0000, 0x1000);
+        let _ = s
+            .map(
+                &mut ctx,
+                &mut flush,
+                one,
+                Hpa::new(0x4020_0000),
+                Attrs::normal(Perms::RW),
+                MapOptions::default(),
+            )
+            .unwrap();
+        let _ = s.unmap(&mut ctx, &mut flush, one).unwrap();
+        assert_eq!(
+            tree.stats().tables[0],
+            1,
+            "shared unmap keeps the emptied table"
+        );
+        let two = range(0x20_0000, 0x20_0000);
+        let _ = s
+            .map(
+                &mut ctx,
+                &mut flush,
+                two,
+                Hpa::new(0x4020_0000),
+                Attrs::normal(Perms::RW),
+                MapOptions::default(),
+            )
+            .unwrap();
+        let m = s.query(Gpa::new(0x21_2345)).unwrap().unwrap();
+        assert_eq!(
+            (m.level, m.hpa),
+            (Level::new(1).unwrap(), Hpa::new(0x4021_2345))
+        );
+    }
+    flush.flush();
+    host.synchronize();
+    let st = tree.stats();
+    assert_eq!(
+        (st.tables[0], st.leaves[1], st.leaves[0]),
+        (0, 1, 0),
+        "{st:?}"
+    );
+    ctx.free_all(&host);
+}

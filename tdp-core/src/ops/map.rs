@@ -217,6 +217,18 @@ fn map_walk<F: PteFormat, H: Host, M: Mode>(
     let mut it = op.iter::<M>(start, last, Level::LEAF);
     it.without_post();
     while it.valid() {
+        if it.visit() == Visit::TablePre && leaf_ok[it.level().index()] && it.span_in_range(start) {
+            // An empty table where a huge leaf fits (left by a shared-mode unmap): the leaf
+            // replaces it, as KVM's fault does, rather than 512 small leaves.
+            let out = hpa + (it.gpa() - start);
+            if replace_empty_table::<F, H, M>(op, &mut it, out, attrs, opts)? {
+                it.next();
+                continue;
+            }
+            if it.visit() != Visit::TablePre {
+                continue; // changed meanwhile: look again
+            }
+        }
         if it.visit() == Visit::Leaf {
             let level = it.level();
             match it.kind() {
@@ -346,6 +358,65 @@ fn map_walk<F: PteFormat, H: Host, M: Mode>(
         it.next();
     }
     Ok(())
+}
+
+/// Replaces the table under the iterator by a leaf mapping `hpa`, if every entry of the table is
+/// empty: in shared mode each entry is first taken (compare-exchange from empty to frozen, so no
+/// other updater can fill it meanwhile; put back if one is not empty), in exclusive mode the
+/// table's count says so. Returns whether it did; the table goes to the obligation (its entry
+/// was removed: walk caches are flushed).
+fn replace_empty_table<F: PteFormat, H: Host, M: Mode>(
+    op: &mut Op<'_, F, H>,
+    it: &mut crate::iter::Iter<'_, F, H, M>,
+    hpa: u64,
+    attrs: &Attrs,
+    opts: MapOptions,
+) -> Result<bool, Stop> {
+    let fmt = op.fmt;
+    let host = op.host;
+    let geo = op.geometry();
+    let level = it.level();
+    let child = fmt.table_addr(it.old(), level);
+    // SAFETY: `child` is a live table of this tree (Host contract for `meta`).
+    if unsafe { host.meta(child).as_ref() }.count() != 0 {
+        return Ok(false);
+    }
+    let cl = Level::from_index(level.index() - 1);
+    let n = geo.entries(cl);
+    let empty = fmt.empty(cl);
+    let frozen = fmt.frozen(cl);
+    let virt = host.phys_to_virt(child);
+    // SAFETY (both closures): `i < n`, the entry count of the live table `child`.
+    let entry = |i: usize| unsafe { crate::entry::EntryPtr::new(virt, i) };
+    let put_back = |upto: usize| {
+        for i in 0..upto {
+            crate::update::put_back::<F>(entry(i), empty);
+        }
+    };
+    if M::SHARED {
+        for i in 0..n {
+            if entry(i)
+                .compare_exchange(empty, frozen, F::BYTE_ORDER)
+                .is_err()
+            {
+                put_back(i);
+                return Ok(false);
+            }
+        }
+    }
+    let leaf = fmt.make_leaf(Hpa::new(hpa), level, attrs, opts.young_dirty);
+    if try_set(it, leaf).is_err() {
+        if M::SHARED {
+            put_back(n);
+        }
+        return Ok(false);
+    }
+    op.pending.detach(host, cl, child, geo);
+    op.pending.flush_table_span(it.gpa(), geo.level_size(level));
+    op.delta.tables[cl.index()] -= 1;
+    op.delta.leaves[level.index()] += 1;
+    op.charge(1);
+    Ok(true)
 }
 
 /// Upper bound of the tables a map of `[start, last]` needs, by level.
