@@ -386,8 +386,11 @@ fn replace_empty_table<F: PteFormat, H: Host, M: Mode>(
     let empty = fmt.empty(cl);
     let frozen = fmt.frozen(cl);
     let virt = host.phys_to_virt(child);
-    // SAFETY (both closures): `i < n`, the entry count of the live table `child`.
-    let entry = |i: usize| unsafe { crate::entry::EntryPtr::new(virt, i) };
+    let entry = |i: usize| {
+        debug_assert!(i < n);
+        // SAFETY: every caller passes `i < n`, the entry count of the live table `child`.
+        unsafe { crate::entry::EntryPtr::new(virt, i) }
+    };
     let put_back = |upto: usize| {
         for i in 0..upto {
             crate::update::put_back::<F>(entry(i), empty);
