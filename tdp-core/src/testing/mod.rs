@@ -11,9 +11,14 @@
 //! - [`inject::at_every_allocation`]: runs an operation with allocation failure injected at every
 //!   point in turn and checks that each failure leaves the host and the tree as they were.
 //! - [`Model`]: the reference model, a map from guest ranges to host ranges and attributes.
+//! - [`driver`]: the model-property driver every architecture's `prop_model` tests run: the step
+//!   enum and its proptest strategy, the [`driver::Oracle`] an architecture implements around its
+//!   independent walker, and [`driver::run`], which checks a sequence on the exclusive and the
+//!   shared-mode path.
 //! - [`TestFormat`]: a small generic format with knobs (hardware A/D, break-before-make), for
 //!   engine tests that do not depend on an architecture crate.
 
+pub mod driver;
 mod epoch;
 mod format;
 mod heap;
