@@ -81,6 +81,32 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// `words` zeroed atomic words, allocated zeroed so that the pages of a large window that no
+/// table touches are never faulted in (writing every word cost most of a model test's time).
+#[cfg(not(loom))]
+fn zeroed_words(words: usize) -> Box<[AtomicU64]> {
+    use std::alloc::{alloc_zeroed, handle_alloc_error, Layout};
+    let layout = Layout::array::<AtomicU64>(words).expect("a window that fits the address space");
+    assert!(layout.size() > 0);
+    // SAFETY: the layout has a non-zero size (checked above).
+    let ptr = unsafe { alloc_zeroed(layout) }.cast::<AtomicU64>();
+    if ptr.is_null() {
+        handle_alloc_error(layout);
+    }
+    // SAFETY: `ptr` was allocated by the global allocator with the layout of `[AtomicU64; words]`
+    // and is not aliased; all-zero bytes are a valid `AtomicU64` (it has the in-memory
+    // representation of `u64`), so every element is initialised (to 0).
+    unsafe { Box::from_raw(core::ptr::slice_from_raw_parts_mut(ptr, words)) }
+}
+
+/// Loom's atomics are not plain words: build them one by one.
+#[cfg(loom)]
+fn zeroed_words(words: usize) -> Box<[AtomicU64]> {
+    std::iter::repeat_with(|| AtomicU64::new(0))
+        .take(words)
+        .collect()
+}
+
 impl HeapHost {
     /// The word freed tables are filled with while recording is on (see
     /// [`HeapHost::set_recording`]), so that a use after free shows up as garbage entries.
@@ -98,10 +124,7 @@ impl HeapHost {
         let align = (granule as u64).max(4096);
         assert!(base != 0 && base % align == 0 && size % align == 0 && size > 0);
         assert!(base.checked_add(size).is_some());
-        let words = (size / 8) as usize;
-        let mem: Box<[AtomicU64]> = std::iter::repeat_with(|| AtomicU64::new(0))
-            .take(words)
-            .collect();
+        let mem = zeroed_words((size / 8) as usize);
         let metas: Box<[TableMeta]> = std::iter::repeat_with(TableMeta::new)
             .take((size / granule as u64) as usize)
             .collect();
