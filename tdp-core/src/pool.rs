@@ -139,11 +139,19 @@ impl TableCache {
     }
 
     /// Gives tables back to the host until each level holds at most `keep[level]`.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn trim_to<H: Host + ?Sized>(&mut self, host: &H, keep: &[u32; MAX_LEVELS]) {
-        if (0..MAX_LEVELS).all(|l| self.len[l] <= keep[l]) {
-            return;
+        let mut over = false;
+        for l in 0..MAX_LEVELS {
+            over |= self.len[l] > keep[l];
         }
+        if over {
+            self.trim_slow(host, keep);
+        }
+    }
+
+    #[inline(never)]
+    fn trim_slow<H: Host + ?Sized>(&mut self, host: &H, keep: &[u32; MAX_LEVELS]) {
         for l in 0..MAX_LEVELS {
             let level = Level::from_index(l);
             while self.len[l] > keep[l] {

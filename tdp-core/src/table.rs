@@ -187,8 +187,10 @@ impl<F: PteFormat, H: Host> Table<F, H> {
         let r = f(&mut op);
         let delta = op.delta;
         self.tree.fold::<Exclusive>(&delta, 0);
-        self.pending
-            .flush_into(self.tree.host(), &mut self.ctx.cache);
+        if !self.pending.is_empty() {
+            self.pending
+                .flush_into(self.tree.host(), &mut self.ctx.cache);
+        }
         let keep = if r.is_err() {
             // Give back what a refused call reserved, so the host sees the memory it saw before.
             core::array::from_fn(|l| cached_before[l].min(self.keep[l]))

@@ -151,9 +151,10 @@ impl TreeStats {
         }
     }
 
-    #[inline]
-    fn fold<M: Mode>(&self, d: &Delta, levels: usize) {
-        for l in 0..levels {
+    #[inline(always)]
+    fn fold<M: Mode>(&self, d: &Delta) {
+        // A fixed bound, so the loop unrolls; levels a geometry lacks have zero deltas.
+        for l in 0..MAX_LEVELS {
             Self::add::<M>(&self.leaves[l], d.leaves[l]);
             Self::add::<M>(&self.tables[l], d.tables[l]);
         }
@@ -282,8 +283,7 @@ impl<F: PteFormat, H: Host> Tree<F, H> {
 
     #[inline]
     pub(crate) fn fold<M: Mode>(&self, d: &Delta, shard: u8) {
-        self.stats[shard as usize % STAT_SHARDS]
-            .fold::<M>(d, self.fmt.geometry().levels() as usize);
+        self.stats[shard as usize % STAT_SHARDS].fold::<M>(d);
     }
 
     #[inline]
