@@ -219,7 +219,6 @@ impl Detached {
     }
 
     /// Hands the list over as retired tables (to be freed after a grace period or at once).
-    #[allow(dead_code)]
     pub(crate) fn take(&mut self, sizes: [u32; MAX_LEVELS]) -> RetiredTables {
         let r = RetiredTables {
             head: self.head,

@@ -6,8 +6,8 @@ use std::ops::ControlFlow;
 
 use tdp_core::testing::{HeapHost, HostEvent, TestFormat};
 use tdp_core::{
-    Attrs, Ctx, EntryKind, Error, Gpa, GpaRange, Host, Hpa, Level, MapOptions, PendingFlush, Perms,
-    Progress, PteFormat, SharedHost, Tree, Visit,
+    Attrs, Ctx, Error, Gpa, GpaRange, Host, Hpa, Level, MapOptions, PendingFlush, Perms, Progress,
+    PteFormat, SharedHost, Tree, Visit,
 };
 
 const BASE: u64 = 0x1_0000_0000;
@@ -581,7 +581,6 @@ fn shared_and_exclusive_maps_build_the_same_tree() {
     assert_eq!(a.stats().leaves, b.stats().leaves);
     flush.flush();
     ctx.free_all(&host);
-    let _ = EntryKind::Leaf;
 }
 
 #[test]

@@ -199,7 +199,9 @@ fn map_page_fast<F: PteFormat, H: Host, M: Mode>(
     Some(Ok(Progress::Done))
 }
 
-/// Maps `[start, last]` to the host range at `hpa`.
+/// Maps `[start, last]` to the host range at `hpa`. Not inlined, so that the one-page path of
+/// `map` keeps a small frame.
+#[inline(never)]
 fn map_walk<F: PteFormat, H: Host, M: Mode>(
     op: &mut Op<'_, F, H>,
     start: u64,

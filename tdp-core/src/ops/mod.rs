@@ -196,8 +196,8 @@ pub(crate) fn chunk_last(at: u64, last: u64, span: u64) -> u64 {
     if span == u64::MAX {
         return last;
     }
-    let end = (at | (span - 1)).saturating_add(0);
-    end.min(last)
+    // `span` is a power of two: the chunk ends at the last address of `at`'s span.
+    (at | (span - 1)).min(last)
 }
 
 /// A frozen entry met in shared mode: count the restart, give up past the bound.

@@ -73,7 +73,9 @@ fn unmap_page_fast<F: PteFormat, H: Host, M: Mode>(op: &mut Op<'_, F, H>, gpa: u
     true
 }
 
-/// Zaps `[start, last]`, visiting at most about `budget` entries before it yields.
+/// Zaps `[start, last]`, visiting at most about `budget` entries before it yields. Not inlined,
+/// so that the one-page path of `unmap` keeps a small frame.
+#[inline(never)]
 pub(crate) fn zap_walk<F: PteFormat, H: Host, M: Mode>(
     op: &mut Op<'_, F, H>,
     start: u64,
