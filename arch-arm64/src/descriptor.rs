@@ -231,6 +231,11 @@ impl PteFormat for Stage2 {
         Ok(())
     }
 
+    #[inline]
+    fn leaf_addr_bits(&self, hpa: Hpa, _level: Level) -> u64 {
+        self.encode_oa(hpa.raw())
+    }
+
     fn make_leaf(&self, hpa: Hpa, level: Level, attrs: &Attrs, young_dirty: bool) -> u64 {
         let mut v = VALID | self.encode_oa(hpa.raw()) | self.memattr(attrs) << MEMATTR_SHIFT;
         if level.get() == 0 {

@@ -303,6 +303,11 @@ impl PteFormat for LoongArch {
         Ok(())
     }
 
+    #[inline]
+    fn leaf_addr_bits(&self, hpa: Hpa, _level: Level) -> u64 {
+        hpa.raw() & self.pfn_mask
+    }
+
     /// P | address | MAT | NR/NX/bit 9 from the permissions | HUGE above level 0; with
     /// `young_dirty`, V (and D|W if writable), as KVM's `kvm_map_page` for a write fault.
     /// Without it the leaf is present (P) but neither valid nor dirty: [`tdp_core::Table::query`]

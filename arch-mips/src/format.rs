@@ -573,6 +573,12 @@ impl<const BIG_ENDIAN: bool> PteFormat for Mips<BIG_ENDIAN> {
         Ok(())
     }
 
+    #[inline]
+    fn leaf_addr_bits(&self, hpa: Hpa, _level: Level) -> u64 {
+        let pfn = ((hpa.raw() & self.pa_mask) >> self.cfg.page_shift) << self.cfg.layout.pfn_shift;
+        pfn & self.pfn_field
+    }
+
     /// `PRESENT | pfn << _PFN_SHIFT | CCA`, WRITE for a writable leaf, XI without execute;
     /// with `young_dirty` VALID | ACCESSED, and DIRTY | MODIFIED if writable (KVM's
     /// `__READABLE` / `__WRITEABLE` on a write fault). Without it the leaf is present but not

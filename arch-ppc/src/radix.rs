@@ -486,6 +486,11 @@ impl PteFormat for Radix {
     }
 
     #[inline]
+    fn leaf_addr_bits(&self, hpa: Hpa, _level: Level) -> u64 {
+        hpa.raw() & RPN
+    }
+
+    #[inline]
     fn make_leaf(&self, hpa: Hpa, _level: Level, attrs: &Attrs, young_dirty: bool) -> u64 {
         let mut v = V | L | (hpa.raw() & RPN) | Self::eaa(attrs.perms);
         v |= match attrs.mem {

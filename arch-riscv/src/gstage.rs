@@ -440,6 +440,11 @@ impl PteFormat for Gstage {
     }
 
     #[inline]
+    fn leaf_addr_bits(&self, hpa: Hpa, _level: Level) -> u64 {
+        Self::addr_ppn(hpa.raw())
+    }
+
+    #[inline]
     fn make_leaf(&self, hpa: Hpa, _level: Level, attrs: &Attrs, young_dirty: bool) -> u64 {
         let mut v = V | U | Self::perm_bits(attrs.perms) | Self::addr_ppn(hpa.raw());
         v |= match attrs.mem {

@@ -244,6 +244,11 @@ impl PteFormat for Ept {
     }
 
     #[inline]
+    fn leaf_addr_bits(&self, hpa: Hpa, _level: Level) -> u64 {
+        hpa.raw() & ADDR
+    }
+
+    #[inline]
     fn make_leaf(&self, hpa: Hpa, level: Level, attrs: &Attrs, young_dirty: bool) -> u64 {
         let mt = match attrs.mem {
             MemType::WriteBack => MT_WB,

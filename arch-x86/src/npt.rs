@@ -220,6 +220,11 @@ impl PteFormat for Npt {
     }
 
     #[inline]
+    fn leaf_addr_bits(&self, hpa: Hpa, _level: Level) -> u64 {
+        hpa.raw() & ADDR
+    }
+
+    #[inline]
     fn make_leaf(&self, hpa: Hpa, level: Level, attrs: &Attrs, young_dirty: bool) -> u64 {
         let pat = self.pat_index(attrs.mem).unwrap_or(0);
         let mut v = US | MMU_PRESENT | (hpa.raw() & ADDR);

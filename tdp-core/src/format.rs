@@ -181,6 +181,13 @@ pub trait PteFormat {
     /// flag if `attrs` allow write, where the format has them.
     fn make_leaf(&self, hpa: Hpa, level: Level, attrs: &Attrs, young_dirty: bool) -> u64;
 
+    /// The output-address field of a leaf at `level` that maps `hpa` (aligned to the level
+    /// size, within the output width), nothing else: for every such `hpa`,
+    /// `make_leaf(hpa, ..) == make_leaf(Hpa::new(0), ..) | leaf_addr_bits(hpa, level)`. Single-entry
+    /// maps build their leaf from a template with one OR (the testing driver checks the rule for
+    /// every format it runs).
+    fn leaf_addr_bits(&self, hpa: Hpa, level: Level) -> u64;
+
     /// A table entry at `level` pointing at the child table at `child`.
     fn make_table(&self, child: Hpa, level: Level) -> u64;
 

@@ -16,12 +16,22 @@ pub const MAX_LEVELS: usize = 5;
 /// Size in bytes of one table entry on every supported architecture.
 pub const ENTRY_SIZE: usize = 8;
 
+/// Per-level arrays have this many slots (a power of two above [`MAX_LEVELS`]), so that a level
+/// index masked with `SLOTS - 1` needs no bounds check on the hot paths.
+const SLOTS: usize = 8;
+
+/// The array slot of `level` (always in bounds; a [`Level`] is below [`MAX_LEVELS`]).
+#[inline(always)]
+const fn slot(level: Level) -> usize {
+    level.index() & (SLOTS - 1)
+}
+
 /// Geometry of a table tree.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct Geometry {
     levels: u8,
-    shift: [u8; MAX_LEVELS],
-    bits: [u8; MAX_LEVELS],
+    shift: [u8; SLOTS],
+    bits: [u8; SLOTS],
     leaf_mask: u8,
     ia_bits: u8,
     oa_bits: u8,
@@ -58,8 +68,8 @@ impl Geometry {
         if levels == 0 || levels > MAX_LEVELS || page_shift < 8 || page_shift > 20 {
             return Err(Error::InvalidGeometry);
         }
-        let mut shift = [0u8; MAX_LEVELS];
-        let mut b = [0u8; MAX_LEVELS];
+        let mut shift = [0u8; SLOTS];
+        let mut b = [0u8; SLOTS];
         let mut s = page_shift as u32;
         let mut i = 0;
         while i < levels {
@@ -119,31 +129,31 @@ impl Geometry {
     /// The address bit where `level`'s index starts (log2 of the size one entry maps).
     #[inline]
     pub const fn shift(&self, level: Level) -> u32 {
-        self.shift[level.index()] as u32
+        self.shift[slot(level)] as u32
     }
 
     /// Index width of the table at `level`.
     #[inline]
     pub const fn index_bits(&self, level: Level) -> u32 {
-        self.bits[level.index()] as u32
+        self.bits[slot(level)] as u32
     }
 
     /// Number of entries of the table at `level`.
     #[inline]
     pub const fn entries(&self, level: Level) -> usize {
-        1usize << self.bits[level.index()]
+        1usize << self.bits[slot(level)]
     }
 
     /// Size in bytes (and alignment) of the table at `level`.
     #[inline]
     pub const fn table_size(&self, level: Level) -> usize {
-        ENTRY_SIZE << self.bits[level.index()]
+        ENTRY_SIZE << self.bits[slot(level)]
     }
 
     /// Bytes mapped by one entry at `level`.
     #[inline]
     pub const fn level_size(&self, level: Level) -> u64 {
-        1u64 << self.shift[level.index()]
+        1u64 << self.shift[slot(level)]
     }
 
     /// The smallest page size.
@@ -155,7 +165,7 @@ impl Geometry {
     /// Index of `gpa` in the table at `level`.
     #[inline]
     pub const fn index(&self, gpa: u64, level: Level) -> usize {
-        let i = level.index();
+        let i = slot(level);
         ((gpa >> self.shift[i]) as usize) & ((1usize << self.bits[i]) - 1)
     }
 

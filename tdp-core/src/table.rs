@@ -17,6 +17,7 @@ use crate::geometry::MAX_LEVELS;
 use crate::host::Host;
 use crate::iter::Visit;
 use crate::mode::Exclusive;
+use crate::ops::single::Cursor;
 use crate::ops::{self, Op};
 use crate::tree::{Ctx, Progress, Tree};
 
@@ -124,6 +125,8 @@ pub struct Table<F: PteFormat, H: Host> {
     ctx: Ctx,
     pending: Pending,
     keep: [u32; MAX_LEVELS],
+    /// The table the last single-entry call reached (forgotten before any other operation).
+    cursor: Cursor,
 }
 
 impl<F: PteFormat, H: Host> Table<F, H> {
@@ -138,6 +141,7 @@ impl<F: PteFormat, H: Host> Table<F, H> {
             ctx,
             pending: Pending::new(),
             keep: [2; MAX_LEVELS],
+            cursor: Cursor::new(),
         })
     }
 
@@ -159,6 +163,7 @@ impl<F: PteFormat, H: Host> Table<F, H> {
     /// The tree underneath, for shared-mode or batched calls ([`Tree::shared`],
     /// [`Tree::exclusive`]).
     pub fn tree(&mut self) -> &mut Tree<F, H> {
+        self.cursor.forget();
         &mut self.tree
     }
 
@@ -182,6 +187,8 @@ impl<F: PteFormat, H: Host> Table<F, H> {
         &mut self,
         f: impl FnOnce(&mut Op<'_, F, H>) -> Result<R, Error>,
     ) -> Result<R, Error> {
+        // The operation may free or replace tables.
+        self.cursor.forget();
         let cached_before = self.ctx.cache().lens();
         let mut op = self.tree.op(&mut self.ctx, &mut self.pending);
         let r = f(&mut op);
@@ -199,6 +206,15 @@ impl<F: PteFormat, H: Host> Table<F, H> {
         };
         self.ctx.cache.trim_to(self.tree.host(), &keep);
         r
+    }
+
+    /// Flushes what a single-entry call owes (it allocates and detaches nothing).
+    #[inline(always)]
+    fn settle_single(&mut self) {
+        if !self.pending.is_empty() {
+            self.pending
+                .flush_into(self.tree.host(), &mut self.ctx.cache);
+        }
     }
 
     // --- map --------------------------------------------------------------------------------
@@ -234,6 +250,30 @@ impl<F: PteFormat, H: Host> Table<F, H> {
         attrs: Attrs,
         opts: MapOptions,
     ) -> Result<(), Error> {
+        // One leaf whose tables exist: straight to its slot (the page fault's shape).
+        if let Some(r) = self.tree.map_single::<Exclusive>(
+            (&mut self.ctx, &mut self.pending, Some(&mut self.cursor)),
+            range,
+            hpa,
+            &attrs,
+            opts,
+        ) {
+            self.settle_single();
+            return r;
+        }
+        self.map_general(range, hpa, attrs, opts)
+    }
+
+    /// The general map (every shape the single-entry path does not take), out of line so that
+    /// the single-entry path stays a small function.
+    #[inline(never)]
+    fn map_general(
+        &mut self,
+        range: GpaRange,
+        hpa: Hpa,
+        attrs: Attrs,
+        opts: MapOptions,
+    ) -> Result<(), Error> {
         self.run(|op| ops::map::map::<F, H, Exclusive>(op, range, hpa, attrs, opts))
             .map(done)
     }
@@ -249,6 +289,22 @@ impl<F: PteFormat, H: Host> Table<F, H> {
     /// [`Error::UnalignedGpa`], [`Error::GpaTooWide`]; [`Error::OutOfMemory`] if a huge leaf cut
     /// by the range cannot be split (nothing is changed).
     pub fn unmap(&mut self, range: GpaRange) -> Result<(), Error> {
+        // One leaf, not the last of its table: straight to its slot.
+        if let Some(r) = self.tree.unmap_single::<Exclusive>(
+            &mut self.ctx,
+            &mut self.pending,
+            range,
+            Some(&mut self.cursor),
+        ) {
+            self.settle_single();
+            return r;
+        }
+        self.unmap_general(range)
+    }
+
+    /// The general unmap, out of line (as `map_general`).
+    #[inline(never)]
+    fn unmap_general(&mut self, range: GpaRange) -> Result<(), Error> {
         self.run(|op| ops::zap::unmap::<F, H, Exclusive>(op, range))
             .map(done)
     }

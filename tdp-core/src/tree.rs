@@ -31,11 +31,13 @@ use core::ops::ControlFlow;
 
 use crate::addr::{Gpa, GpaRange, Hpa, Level};
 use crate::error::Error;
+use crate::flush::Pending;
 use crate::flush::{Delta, PendingFlush};
 use crate::format::{Attrs, Perms, PteFormat};
 use crate::geometry::MAX_LEVELS;
 use crate::host::{Host, SharedHost, TableMeta};
 use crate::mode::{Exclusive, Mode, Shared};
+use crate::ops::single::{self, Cursor, LeafTemplate, OneLeaf, Unmapped};
 use crate::ops::{self, Op};
 use crate::pool::TableCache;
 use crate::sync::{AtomicU64, Ordering};
@@ -66,6 +68,10 @@ pub enum Progress {
 pub struct Ctx {
     pub(crate) cache: TableCache,
     budget: Option<u64>,
+    /// The tree this context was last checked against ([`Tree::id`]; 0: none), and the leaf
+    /// template of its last single-entry map (valid for that tree only).
+    tree: usize,
+    template: Option<LeafTemplate>,
     /// Which shard of a tree's statistics this caller adds to (callers spread over the shards,
     /// so concurrent callers do not share one counter's cache line).
     shard: u8,
@@ -73,6 +79,13 @@ pub struct Ctx {
 
 /// Shards of a tree's statistics: concurrent callers add to different cache lines.
 const STAT_SHARDS: usize = if cfg!(loom) { 1 } else { 8 };
+
+/// A process-unique identity for each tree (never 0), so that a context's cached leaf template
+/// is never applied to a tree of another format.
+fn next_tree_id() -> usize {
+    static NEXT: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(1);
+    NEXT.fetch_add(1, core::sync::atomic::Ordering::Relaxed)
+}
 
 fn next_shard() -> u8 {
     static NEXT: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
@@ -85,6 +98,8 @@ impl Ctx {
         Ctx {
             cache: TableCache::new(fmt.geometry()),
             budget: None,
+            tree: 0,
+            template: None,
             shard: next_shard(),
         }
     }
@@ -166,6 +181,7 @@ pub struct Tree<F: PteFormat, H: Host> {
     fmt: F,
     host: H,
     root: Hpa,
+    id: usize,
     stats: [TreeStats; STAT_SHARDS],
 }
 
@@ -195,6 +211,7 @@ impl<F: PteFormat, H: Host> Tree<F, H> {
             fmt,
             host,
             root,
+            id: next_tree_id(),
             stats,
         })
     }
@@ -284,6 +301,102 @@ impl<F: PteFormat, H: Host> Tree<F, H> {
     #[inline]
     pub(crate) fn fold<M: Mode>(&self, d: &Delta, shard: u8) {
         self.stats[shard as usize % STAT_SHARDS].fold::<M>(d);
+    }
+
+    /// Checks `ctx` against this tree once per change of tree (a cheap compare after that).
+    #[inline(always)]
+    fn bind_ctx(&self, ctx: &mut Ctx) -> Result<(), Error> {
+        if ctx.tree != self.id {
+            self.check_ctx(ctx)?;
+            ctx.tree = self.id;
+            ctx.template = None;
+        }
+        Ok(())
+    }
+
+    /// The single-entry map (see [`crate::ops::single`]): `Some` when the call had that shape
+    /// and was done (or refused for its attributes), `None` when the general path must run.
+    #[inline(always)]
+    pub(crate) fn map_single<M: Mode>(
+        &self,
+        (ctx, pending, cursor): (&mut Ctx, &mut Pending, Option<&mut Cursor>),
+        range: GpaRange,
+        hpa: Hpa,
+        attrs: &Attrs,
+        opts: MapOptions,
+    ) -> Option<Result<(), Error>> {
+        let fmt = &self.fmt;
+        let level = single::one_leaf_level(fmt.geometry(), range, hpa, opts.max_level)?;
+        if let Err(e) = self.bind_ctx(ctx) {
+            return Some(Err(e));
+        }
+        let t = match LeafTemplate::get(&mut ctx.template, fmt, attrs, level, opts.young_dirty) {
+            Ok(t) => t,
+            Err(e) => return Some(Err(e)),
+        };
+        let gpa = range.start().raw();
+        let leaf = t.raw() | fmt.leaf_addr_bits(hpa, level);
+        let one = OneLeaf {
+            gpa,
+            level,
+            raw: leaf,
+            hpa,
+            cmo: t.cmo(),
+        };
+        // SAFETY: `root` is this tree's live root built with `fmt` on `host`; `gpa` is within the
+        // input width and `level` a leaf level of the geometry (`one_leaf_level`); no table is
+        // freed meanwhile (exclusive: the caller holds the tree; shared: its read-side section);
+        // `leaf` is the format's leaf for `hpa` (the `leaf_addr_bits` rule); a cursor names a live
+        // table (only `Table` passes one, and it forgets it before anything else runs).
+        let done = unsafe { single::map_one::<F, H, M>(fmt, &self.host, self.root, one, cursor) };
+        if !done {
+            return None;
+        }
+        self.add_leaves::<M>(ctx.shard, level, 1);
+        if fmt.caches_empty_entries() {
+            pending.flush_span(gpa, range.size(), level);
+        }
+        Some(Ok(()))
+    }
+
+    /// The single-entry unmap (see [`crate::ops::single`]): `Some` when the call had that shape
+    /// and was done, `None` when the general path must run.
+    #[inline(always)]
+    pub(crate) fn unmap_single<M: Mode>(
+        &self,
+        ctx: &mut Ctx,
+        pending: &mut Pending,
+        range: GpaRange,
+        cursor: Option<&mut Cursor>,
+    ) -> Option<Result<(), Error>> {
+        let fmt = &self.fmt;
+        let level = single::one_entry_level(fmt.geometry(), range)?;
+        if let Err(e) = self.bind_ctx(ctx) {
+            return Some(Err(e));
+        }
+        let gpa = range.start().raw();
+        // SAFETY: as in `map_single`.
+        match unsafe {
+            single::unmap_one::<F, H, M>(fmt, &self.host, self.root, gpa, level, cursor)
+        } {
+            Unmapped::Hole => Some(Ok(())),
+            Unmapped::Leaf => {
+                self.add_leaves::<M>(ctx.shard, level, -1);
+                pending.flush_span(gpa, range.size(), level);
+                Some(Ok(()))
+            }
+            Unmapped::Fallback => None,
+        }
+    }
+
+    #[inline(always)]
+    fn add_leaves<M: Mode>(&self, shard: u8, level: Level, n: i64) {
+        if let Some(c) = self.stats[shard as usize % STAT_SHARDS]
+            .leaves
+            .get(level.index())
+        {
+            TreeStats::add::<M>(c, n);
+        }
     }
 
     #[inline]
@@ -401,6 +514,15 @@ macro_rules! common_ops {
             opts: MapOptions,
         ) -> Result<Progress, Error> {
             $mark(&mut *flush);
+            if let Some(r) = self.tree.map_single::<$mode>(
+                (&mut *ctx, &mut flush.pending, None),
+                range,
+                hpa,
+                &attrs,
+                opts,
+            ) {
+                return r.map(|()| Progress::Done);
+            }
             self.tree.run::<$mode>(ctx, flush, |op| {
                 ops::map::map::<F, H, $mode>(op, range, hpa, attrs, opts)
             })
@@ -509,6 +631,12 @@ impl<F: PteFormat, H: Host> ExclusiveAccess<'_, F, H> {
         flush: &mut PendingFlush<H>,
         range: GpaRange,
     ) -> Result<Progress, Error> {
+        if let Some(r) = self
+            .tree
+            .unmap_single::<Exclusive>(ctx, &mut flush.pending, range, None)
+        {
+            return r.map(|()| Progress::Done);
+        }
         self.tree.run::<Exclusive>(ctx, flush, |op| {
             ops::zap::unmap::<F, H, Exclusive>(op, range)
         })
@@ -567,6 +695,12 @@ impl<F: PteFormat, H: SharedHost> SharedAccess<'_, F, H> {
         range: GpaRange,
     ) -> Result<Progress, Error> {
         flush.mark_shared();
+        if let Some(r) = self
+            .tree
+            .unmap_single::<Shared>(ctx, &mut flush.pending, range, None)
+        {
+            return r.map(|()| Progress::Done);
+        }
         self.tree
             .run::<Shared>(ctx, flush, |op| ops::zap::unmap::<F, H, Shared>(op, range))
     }

@@ -256,6 +256,53 @@ pub(crate) unsafe fn write_leaves<F: PteFormat, M: Mode>(
     n
 }
 
+/// Installs `leaf` in the empty slot `ptr` at `level` (a single-entry map): a compare-exchange
+/// from the empty value in shared mode, a plain store in exclusive mode (an empty entry has no
+/// bits hardware may set). Returns false, with nothing changed, if another updater filled or froze
+/// the slot first (shared mode). The caller updates the table's count.
+///
+/// # Safety
+/// `ptr` is a slot of a live table of `level`; in exclusive mode it holds the empty value.
+#[inline(always)]
+pub(crate) unsafe fn install_leaf<F: PteFormat, M: Mode>(
+    fmt: &F,
+    ptr: EntryPtr,
+    level: Level,
+    leaf: u64,
+) -> bool {
+    if M::SHARED {
+        ptr.compare_exchange(fmt.empty(level), leaf, F::BYTE_ORDER)
+            .is_ok()
+    } else {
+        ptr.store_relaxed(leaf, F::BYTE_ORDER);
+        true
+    }
+}
+
+/// Makes the slot `ptr` at `level`, which held the leaf `old` when it was read, empty (a
+/// single-entry unmap): a compare-exchange against `old` in shared mode (false, nothing changed,
+/// if it changed meanwhile), a plain store in exclusive mode, as [`zap_run`] does (the leaf is
+/// dropped whole, so an accessed/dirty bit hardware sets meanwhile has nothing to be kept in).
+/// The caller updates the table's count.
+///
+/// # Safety
+/// `ptr` is a slot of a live table of `level`.
+#[inline(always)]
+pub(crate) unsafe fn zap_leaf<F: PteFormat, M: Mode>(
+    fmt: &F,
+    ptr: EntryPtr,
+    level: Level,
+    old: u64,
+) -> bool {
+    let empty = fmt.empty(level);
+    if M::SHARED {
+        ptr.compare_exchange(old, empty, F::BYTE_ORDER).is_ok()
+    } else {
+        ptr.store(empty, F::BYTE_ORDER);
+        true
+    }
+}
+
 /// Writes `n` consecutive leaves into a fresh table no walker can reach yet (plain stores).
 ///
 /// # Safety

@@ -5,7 +5,7 @@ use crate::error::Error;
 use crate::format::{Attrs, EntryKind, PteFormat};
 use crate::geometry::{Geometry, MAX_LEVELS};
 use crate::host::Host;
-use crate::iter::{leaf_slot, Visit};
+use crate::iter::Visit;
 use crate::mode::Mode;
 use crate::table::MapOptions;
 use crate::tree::Progress;
@@ -55,13 +55,6 @@ pub(crate) fn map<F: PteFormat, H: Host, M: Mode>(
         None => geo.root_level(),
     };
     op.fmt.check_attrs(&attrs)?;
-
-    // One page whose tables all exist: write the leaf directly (the fault path's shape).
-    if range.size() == page {
-        if let Some(r) = map_page_fast::<F, H, M>(op, start, hpa, &attrs, opts) {
-            return r;
-        }
-    }
 
     let mut leaf_ok = [false; MAX_LEVELS];
     for (l, ok) in leaf_ok.iter_mut().enumerate().take(geo.levels() as usize) {
@@ -152,51 +145,6 @@ fn undo_shared<F: PteFormat, H: Host, M: Mode>(
         }
         it.next();
     }
-}
-
-/// Maps the page at `gpa` if every table down to its level-0 slot exists and the slot is empty;
-/// `None` (nothing done) otherwise, for the general path to handle.
-#[inline]
-fn map_page_fast<F: PteFormat, H: Host, M: Mode>(
-    op: &mut Op<'_, F, H>,
-    gpa: u64,
-    hpa: Hpa,
-    attrs: &Attrs,
-    opts: MapOptions,
-) -> Option<Result<Progress, Error>> {
-    let fmt = op.fmt;
-    // SAFETY: `op.root` is the tree's live root and `gpa` is within the input width (checked).
-    let (slot, table) = unsafe { leaf_slot::<F, H, M>(fmt, op.host, op.root, gpa) }?;
-    let empty = fmt.empty(Level::LEAF);
-    if slot.load_for(M::SHARED, F::BYTE_ORDER) != empty {
-        return None;
-    }
-    let page = fmt.geometry().page_size();
-    op.cache_maintenance(hpa.raw(), page, attrs);
-    // SAFETY: `slot` is one slot of the live table `table`.
-    let written = unsafe {
-        write_leaves::<F, M>(
-            fmt,
-            slot,
-            1,
-            Level::LEAF,
-            hpa.raw(),
-            attrs,
-            opts.young_dirty,
-        )
-    };
-    if written == 0 {
-        // Shared mode: another updater filled or froze the slot first; the general path looks
-        // at what is there (a leaf: already mapped; frozen: restart).
-        return None;
-    }
-    // SAFETY: `table` is a live table of this tree (Host contract for `meta`).
-    count_add::<M>(unsafe { op.host.meta(table).as_ref() }, 1);
-    op.delta.leaves[0] += 1;
-    if fmt.caches_empty_entries() {
-        op.pending.flush_span(gpa, page, Level::LEAF);
-    }
-    Some(Ok(Progress::Done))
 }
 
 /// Maps `[start, last]` to the host range at `hpa`. Not inlined, so that the one-page path of

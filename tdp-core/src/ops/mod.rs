@@ -9,6 +9,7 @@
 pub(crate) mod collapse;
 pub(crate) mod map;
 pub(crate) mod protect;
+pub(crate) mod single;
 pub(crate) mod split;
 pub(crate) mod teardown;
 pub(crate) mod walk;

@@ -750,9 +750,52 @@ pub trait Oracle {
 /// # Panics
 /// When a check fails (this is a test driver).
 pub fn run<O: Oracle>(oracle: &O, ops: &[Op]) {
+    check_leaf_templates(&oracle.format(), ops);
     let heap = oracle.heap();
     run_exclusive(oracle, &heap, ops);
     run_shared(oracle, &heap, ops);
+}
+
+/// Checks the format's template rule (`PteFormat::leaf_addr_bits`) that single-entry maps rely
+/// on, for the attributes, host pages and leaf levels of every map in `ops` the format accepts:
+/// `make_leaf(hpa) == make_leaf(0) | leaf_addr_bits(hpa)`.
+///
+/// # Panics
+/// When the rule does not hold.
+pub fn check_leaf_templates<F: PteFormat>(fmt: &F, ops: &[Op]) {
+    let geo = fmt.geometry();
+    let oa_mask = (1u64 << geo.oa_bits()) - 1;
+    for op in ops {
+        let Op::Map {
+            hpa_page,
+            attrs,
+            young,
+            ..
+        } = *op
+        else {
+            continue;
+        };
+        if fmt.check_attrs(&attrs).is_err() {
+            continue;
+        }
+        let raw = (hpa_page << geo.shift(Level::LEAF)) & oa_mask;
+        for l in 0..geo.levels() {
+            let level = Level::new(l).expect("a level of the geometry");
+            if !geo.is_leaf_level(level) {
+                continue;
+            }
+            for hpa in [raw, oa_mask, 1 << (geo.oa_bits() - 1)] {
+                let hpa = Hpa::new(hpa & !(geo.level_size(level) - 1));
+                let whole = fmt.make_leaf(hpa, level, &attrs, young);
+                let template = fmt.make_leaf(Hpa::new(0), level, &attrs, young);
+                assert_eq!(
+                    whole,
+                    template | fmt.leaf_addr_bits(hpa, level),
+                    "leaf for {hpa:?} at {level} with {attrs:?} is not template | address"
+                );
+            }
+        }
+    }
 }
 
 /// Runs `ops` on a [`Table`] on the oracle's host over `heap` (which must hold no table).

@@ -87,6 +87,10 @@ impl PteFormat for TestFormat {
         Ok(())
     }
 
+    fn leaf_addr_bits(&self, hpa: Hpa, _level: Level) -> u64 {
+        hpa.raw() & ADDR
+    }
+
     fn make_leaf(&self, hpa: Hpa, level: Level, attrs: &Attrs, young_dirty: bool) -> u64 {
         let mut v = VALID | (hpa.raw() & ADDR);
         v = self.with_perms(v, level, attrs.perms);
