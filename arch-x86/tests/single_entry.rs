@@ -258,3 +258,44 @@ fn a_single_entry_call_refuses_bad_input_and_changes_nothing() {
     drop(t);
     assert_eq!(heap.outstanding_tables(), 0);
 }
+
+#[test]
+fn translate_and_the_lazy_leaf_agree_with_the_walker_at_every_level() {
+    let heap = HeapHost::new(WINDOW_BASE, 8 << 20, 4096);
+    let mut t = Table::new(ept(), &heap).unwrap();
+    let two_m = 1u64 << 21;
+    let one_g = 1u64 << 30;
+    let ro_uc = Attrs {
+        mem: MemType::Uncached,
+        ..Attrs::normal(Perms::READ)
+    };
+    t.map(range(0x5000, 0x1000), Hpa::new(HOST_RAM + 0x9000), ro_uc)
+        .unwrap();
+    t.map(range(two_m, two_m), Hpa::new(HOST_RAM + two_m), rw())
+        .unwrap();
+    t.map(range(one_g, one_g), Hpa::new(one_g), rw()).unwrap();
+    let eptp = t.format().eptp(t.root()).unwrap();
+    for (gpa, level) in [
+        (0x5abcu64, 0u8),
+        (two_m + 0x1_2345, 1),
+        (one_g + 0x1234_5678, 2),
+    ] {
+        let w = ept::peek(&Phys(&heap), eptp, &caps(), gpa & !0xfff, Access::Read).unwrap();
+        let tr = t.translate(Gpa::new(gpa)).unwrap().unwrap();
+        assert_eq!(tr.hpa.raw(), w.hpa + (gpa & 0xfff), "{gpa:#x}");
+        assert_eq!(tr.level.get(), level);
+        let leaf = t.leaf(Gpa::new(gpa)).unwrap().unwrap();
+        assert_eq!(leaf.translation, tr);
+        let writable = ept::peek(&Phys(&heap), eptp, &caps(), gpa & !0xfff, Access::Write).is_ok();
+        assert_eq!(leaf.attrs().perms.contains(Perms::WRITE), writable);
+        assert_eq!(leaf.attrs().mem == MemType::Uncached, w.memtype == 0);
+        assert_eq!(t.query(Gpa::new(gpa)).unwrap(), Some(leaf.decode()));
+    }
+    for gpa in [0x4000u64, 0x6000, 4 * two_m, 3 * one_g] {
+        assert_eq!(t.translate(Gpa::new(gpa)).unwrap(), None, "{gpa:#x}");
+    }
+    assert!(matches!(
+        t.translate(Gpa::new(1 << 48)),
+        Err(Error::GpaTooWide { .. })
+    ));
+}

@@ -32,6 +32,8 @@ pub struct Geometry {
     levels: u8,
     shift: [u8; SLOTS],
     bits: [u8; SLOTS],
+    /// `(1 << bits) - 1` per level, so an index is one shift and one and.
+    index_mask: [u32; SLOTS],
     leaf_mask: u8,
     ia_bits: u8,
     oa_bits: u8,
@@ -70,6 +72,7 @@ impl Geometry {
         }
         let mut shift = [0u8; SLOTS];
         let mut b = [0u8; SLOTS];
+        let mut index_mask = [0u32; SLOTS];
         let mut s = page_shift as u32;
         let mut i = 0;
         while i < levels {
@@ -80,6 +83,7 @@ impl Geometry {
             }
             shift[i] = s as u8;
             b[i] = bits[i];
+            index_mask[i] = (1u32 << bits[i]) - 1;
             s += bits[i] as u32;
             i += 1;
         }
@@ -102,6 +106,7 @@ impl Geometry {
             levels: levels as u8,
             shift,
             bits: b,
+            index_mask,
             leaf_mask,
             ia_bits,
             oa_bits,
@@ -166,7 +171,7 @@ impl Geometry {
     #[inline]
     pub const fn index(&self, gpa: u64, level: Level) -> usize {
         let i = slot(level);
-        ((gpa >> self.shift[i]) as usize) & ((1usize << self.bits[i]) - 1)
+        ((gpa >> self.shift[i]) as usize) & self.index_mask[i] as usize
     }
 
     /// Whether `level` may hold a leaf.

@@ -69,5 +69,5 @@ pub use host::{Host, RetiredTables, SharedHost, TableMeta, TlbFlush};
 pub use iter::Visit;
 pub use mode::{Exclusive, Mode, Shared};
 pub use pool::TableCache;
-pub use table::{MapOptions, Mapping, Stats, Table, WalkEntry};
+pub use table::{Leaf, MapOptions, Mapping, Stats, Table, Translation, WalkEntry};
 pub use tree::{Ctx, ExclusiveAccess, Progress, SharedAccess, Tree};

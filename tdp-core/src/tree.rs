@@ -41,7 +41,7 @@ use crate::ops::single::{self, Cursor, LeafTemplate, OneLeaf, Unmapped};
 use crate::ops::{self, Op};
 use crate::pool::TableCache;
 use crate::sync::{AtomicU64, Ordering};
-use crate::table::{MapOptions, Mapping, Stats, WalkEntry};
+use crate::table::{Leaf, MapOptions, Mapping, Stats, Translation, WalkEntry};
 use crate::update::fill_table;
 
 /// How far a long operation got.
@@ -587,7 +587,27 @@ macro_rules! common_ops {
         /// # Errors
         /// [`Error::GpaTooWide`].
         pub fn query(&self, gpa: Gpa) -> Result<Option<Mapping>, Error> {
-            ops::walk::query::<F, H, $mode>(&self.tree.fmt, &self.tree.host, self.tree.root, gpa)
+            Ok(self.leaf(gpa)?.map(|l| l.decode()))
+        }
+
+        /// Translates `gpa` to the host address and the leaf's level, decoding nothing else
+        /// (see [`crate::Table::translate`]).
+        ///
+        /// # Errors
+        /// [`Error::GpaTooWide`].
+        pub fn translate(&self, gpa: Gpa) -> Result<Option<Translation>, Error> {
+            let t = self.tree;
+            ops::single::translate::<F, H, $mode>(&t.fmt, &t.host, t.root, gpa)
+        }
+
+        /// The leaf that maps `gpa`, decoded lazily (see [`crate::Table::leaf`]).
+        ///
+        /// # Errors
+        /// [`Error::GpaTooWide`].
+        pub fn leaf(&self, gpa: Gpa) -> Result<Option<Leaf<'_, F>>, Error> {
+            Ok(self
+                .translate(gpa)?
+                .map(|t| Leaf::new(&self.tree.fmt, gpa, t)))
         }
 
         /// Visits every entry that maps part of `range` in pre-order (see

@@ -345,3 +345,47 @@ pub(crate) unsafe fn unmap_one<F: PteFormat, H: Host, M: Mode>(
     count_add::<M>(meta, -1);
     Unmapped::Leaf
 }
+
+/// Translates `gpa`: one walk from the root, one classification per entry, nothing decoded.
+///
+/// # Errors
+/// [`crate::Error::GpaTooWide`] beyond the input width.
+#[inline]
+pub(crate) fn translate<F: PteFormat, H: Host, M: Mode>(
+    fmt: &F,
+    host: &H,
+    root: Hpa,
+    gpa: crate::addr::Gpa,
+) -> Result<Option<crate::table::Translation>, crate::Error> {
+    let geo = fmt.geometry();
+    if gpa.raw() >> geo.ia_bits() != 0 {
+        return Err(crate::Error::GpaTooWide {
+            gpa,
+            bits: geo.ia_bits(),
+        });
+    }
+    let mut level = geo.root_level();
+    let mut pa = root;
+    loop {
+        // SAFETY: `pa` is a live table of the tree at `level` (the tree's root, then each step
+        // follows a table entry read with the mode's ordering; no table is freed while the caller
+        // holds its access), and the index is below its entry count.
+        let raw = unsafe { EntryPtr::new(host.phys_to_virt(pa), geo.index(gpa.raw(), level)) }
+            .load_for(M::SHARED, F::BYTE_ORDER);
+        match fmt.classify(raw, level) {
+            EntryKind::Table if level != Level::LEAF => {
+                pa = fmt.table_addr(raw, level);
+                level = Level::from_index(level.index() - 1);
+            }
+            EntryKind::Leaf => {
+                let offset = gpa.raw() & (geo.level_size(level) - 1);
+                return Ok(Some(crate::table::Translation {
+                    hpa: Hpa::new(fmt.leaf_addr(raw, level).raw() + offset),
+                    level,
+                    raw,
+                }));
+            }
+            _ => return Ok(None),
+        }
+    }
+}

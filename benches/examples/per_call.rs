@@ -1,0 +1,53 @@
+//! The per-call explicit-API workloads of `benches/explicit.rs` outside criterion, for profilers
+//! (callgrind instruction counts per call):
+//!
+//! ```text
+//! cargo build --release -p tdp-benches --example per_call
+//! valgrind --tool=callgrind --toggle-collect='*workload*unmap_pages*' \
+//!     target/release/examples/per_call unmap ept-ad
+//! ```
+//!
+//! Arguments: the operation (`map`, `query`, `unmap`), the format (`ept-ad`, `arm64-4k`) and the
+//! leaf level of the workload (0: 4 KiB, 1: 2 MiB; default 0). Prints ns per call of one run.
+
+use std::time::Instant;
+
+use tdp_arch_arm64::Granule;
+use tdp_benches::workload::{self, GIB};
+use tdp_benches::{formats, Workload};
+use tdp_core::PteFormat;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let op = args.first().map_or("map", String::as_str).to_string();
+    let level: usize = args.get(2).map_or(0, |n| n.parse().expect("a level"));
+    match args.get(1).map(String::as_str) {
+        Some("ept-ad") | None => go(&formats::ept(true), &op, level),
+        Some("arm64-4k") => go(&formats::stage2(Granule::K4), &op, level),
+        Some(other) => panic!("unknown format {other}: ept-ad or arm64-4k"),
+    }
+}
+
+fn go<F: PteFormat + Clone>(fmt: &F, op: &str, level: usize) {
+    let w: Workload = Workload::all(fmt.geometry(), GIB)[level];
+    let host = workload::host(fmt);
+    let mut t = workload::empty(fmt, &host);
+    if op != "map" {
+        workload::map_range(&mut t, &w);
+    }
+    let t0 = Instant::now();
+    match op {
+        "map" => workload::map_pages(&mut t, &w),
+        "query" => {
+            std::hint::black_box(workload::query_all(&t, &w));
+        }
+        "unmap" => workload::unmap_pages(&mut t, &w),
+        other => panic!("unknown operation {other}: map, query or unmap"),
+    }
+    let dt = t0.elapsed();
+    println!(
+        "{op}: {:.1} ns per call over {} calls",
+        dt.as_secs_f64() * 1e9 / w.leaves as f64,
+        w.leaves
+    );
+}
