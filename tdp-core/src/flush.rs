@@ -128,6 +128,7 @@ impl Pending {
 
     /// Flushes, then puts the detached tables into `cache` for reuse. Exclusive mode only: no
     /// other software walker can hold them.
+    #[inline]
     pub(crate) fn flush_into<H: Host + ?Sized>(&mut self, host: &H, cache: &mut TableCache) {
         debug_assert!(!self.shared);
         self.flush_tlb(host);
@@ -249,6 +250,12 @@ impl<H: Host> PendingFlush<H> {
     }
 
     /// The host the obligation flushes on.
+    /// Where a single-entry call adds the flush it owes.
+    #[inline(always)]
+    pub(crate) fn owe(&mut self) -> impl FnOnce(u64, u64, Level) + '_ {
+        |gpa, size, level| self.pending.flush_span(gpa, size, level)
+    }
+
     pub(crate) fn host(&self) -> &H {
         &self.host
     }

@@ -14,7 +14,7 @@ use crate::error::Error;
 use crate::flush::Pending;
 use crate::format::{AdState, Attrs, EntryKind, Perms, PteFormat};
 use crate::geometry::MAX_LEVELS;
-use crate::host::Host;
+use crate::host::{Host, TlbFlush};
 use crate::iter::Visit;
 use crate::mode::Exclusive;
 use crate::ops::single::Cursor;
@@ -292,15 +292,6 @@ impl<F: PteFormat, H: Host> Table<F, H> {
         r
     }
 
-    /// Flushes what a single-entry call owes (it allocates and detaches nothing).
-    #[inline(always)]
-    fn settle_single(&mut self) {
-        if !self.pending.is_empty() {
-            self.pending
-                .flush_into(self.tree.host(), &mut self.ctx.cache);
-        }
-    }
-
     // --- map --------------------------------------------------------------------------------
 
     /// Maps `range` to the host range starting at `hpa` with `attrs`, using the largest leaves
@@ -335,14 +326,14 @@ impl<F: PteFormat, H: Host> Table<F, H> {
         opts: MapOptions,
     ) -> Result<(), Error> {
         // One leaf whose tables exist: straight to its slot (the page fault's shape).
+        let host = self.tree.host();
         if let Some(r) = self.tree.map_single::<Exclusive>(
-            (&mut self.ctx, &mut self.pending, Some(&mut self.cursor)),
+            (&mut self.ctx, flush_now(host), Some(&mut self.cursor)),
             range,
             hpa,
             &attrs,
             opts,
         ) {
-            self.settle_single();
             return r;
         }
         self.map_general(range, hpa, attrs, opts)
@@ -374,13 +365,13 @@ impl<F: PteFormat, H: Host> Table<F, H> {
     /// by the range cannot be split (nothing is changed).
     pub fn unmap(&mut self, range: GpaRange) -> Result<(), Error> {
         // One leaf, not the last of its table: straight to its slot.
+        let host = self.tree.host();
         if let Some(r) = self.tree.unmap_single::<Exclusive>(
             &mut self.ctx,
-            &mut self.pending,
+            flush_now(host),
             range,
             Some(&mut self.cursor),
         ) {
-            self.settle_single();
             return r;
         }
         self.unmap_general(range)
@@ -487,6 +478,20 @@ impl<F: PteFormat, H: Host> Table<F, H> {
     pub fn collapse(&mut self, range: GpaRange) -> Result<(), Error> {
         self.run(|op| ops::collapse::collapse::<F, H, Exclusive>(op, range, |_, _| true))
             .map(done)
+    }
+}
+
+/// The flush a single-entry call of `Table` owes, issued at once (it detaches no table, so
+/// nothing else is owed).
+#[inline(always)]
+fn flush_now<H: Host>(host: &H) -> impl FnOnce(u64, u64, Level) + '_ {
+    move |gpa, size, level| {
+        host.flush_tlb(TlbFlush::Range {
+            start: Gpa::new(gpa),
+            size,
+            level: Some(level),
+            tables: false,
+        })
     }
 }
 

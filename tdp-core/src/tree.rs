@@ -31,7 +31,6 @@ use core::ops::ControlFlow;
 
 use crate::addr::{Gpa, GpaRange, Hpa, Level};
 use crate::error::Error;
-use crate::flush::Pending;
 use crate::flush::{Delta, PendingFlush};
 use crate::format::{Attrs, Perms, PteFormat};
 use crate::geometry::MAX_LEVELS;
@@ -316,10 +315,12 @@ impl<F: PteFormat, H: Host> Tree<F, H> {
 
     /// The single-entry map (see [`crate::ops::single`]): `Some` when the call had that shape
     /// and was done (or refused for its attributes), `None` when the general path must run.
+    /// `owe(gpa, size, level)` receives the flush owed, if any (a `PendingFlush`'s range, or
+    /// `Table`'s immediate flush).
     #[inline(always)]
     pub(crate) fn map_single<M: Mode>(
         &self,
-        (ctx, pending, cursor): (&mut Ctx, &mut Pending, Option<&mut Cursor>),
+        (ctx, owe, cursor): (&mut Ctx, impl FnOnce(u64, u64, Level), Option<&mut Cursor>),
         range: GpaRange,
         hpa: Hpa,
         attrs: &Attrs,
@@ -354,7 +355,7 @@ impl<F: PteFormat, H: Host> Tree<F, H> {
         }
         self.add_leaves::<M>(ctx.shard, level, 1);
         if fmt.caches_empty_entries() {
-            pending.flush_span(gpa, range.size(), level);
+            owe(gpa, range.size(), level);
         }
         Some(Ok(()))
     }
@@ -365,7 +366,7 @@ impl<F: PteFormat, H: Host> Tree<F, H> {
     pub(crate) fn unmap_single<M: Mode>(
         &self,
         ctx: &mut Ctx,
-        pending: &mut Pending,
+        owe: impl FnOnce(u64, u64, Level),
         range: GpaRange,
         cursor: Option<&mut Cursor>,
     ) -> Option<Result<(), Error>> {
@@ -382,7 +383,7 @@ impl<F: PteFormat, H: Host> Tree<F, H> {
             Unmapped::Hole => Some(Ok(())),
             Unmapped::Leaf => {
                 self.add_leaves::<M>(ctx.shard, level, -1);
-                pending.flush_span(gpa, range.size(), level);
+                owe(gpa, range.size(), level);
                 Some(Ok(()))
             }
             Unmapped::Fallback => None,
@@ -515,7 +516,7 @@ macro_rules! common_ops {
         ) -> Result<Progress, Error> {
             $mark(&mut *flush);
             if let Some(r) = self.tree.map_single::<$mode>(
-                (&mut *ctx, &mut flush.pending, None),
+                (&mut *ctx, flush.owe(), None),
                 range,
                 hpa,
                 &attrs,
@@ -653,7 +654,7 @@ impl<F: PteFormat, H: Host> ExclusiveAccess<'_, F, H> {
     ) -> Result<Progress, Error> {
         if let Some(r) = self
             .tree
-            .unmap_single::<Exclusive>(ctx, &mut flush.pending, range, None)
+            .unmap_single::<Exclusive>(ctx, flush.owe(), range, None)
         {
             return r.map(|()| Progress::Done);
         }
@@ -717,7 +718,7 @@ impl<F: PteFormat, H: SharedHost> SharedAccess<'_, F, H> {
         flush.mark_shared();
         if let Some(r) = self
             .tree
-            .unmap_single::<Shared>(ctx, &mut flush.pending, range, None)
+            .unmap_single::<Shared>(ctx, flush.owe(), range, None)
         {
             return r.map(|()| Progress::Done);
         }
