@@ -35,6 +35,7 @@ OPS = [
     ("map_range", "map, one range call", "store"),
     ("map_pages", "map, one call per page", "store"),
     ("query", "query every page", "load"),
+    ("walk", "walk every leaf, one call", "load"),
     ("protect", "write-protect the range", None),  # per group: and_not or atomic_and_not
     ("unmap_range", "unmap, one range call", "zero"),
     ("unmap_pages", "unmap, one call per page", "zero"),
@@ -71,6 +72,8 @@ PEER_OPS = [
      "`map(MapConfig { allow_huge, .. })`", "—"),
     ("map, one call per page", "`cursor.map`", "`map_range` of one page", "`map_page`", "`map_to(..).ignore()`"),
     ("query every page", "`query`", "`walk_range` over the page (no point lookup)", "`query`", "`translate_addr`"),
+    ("walk every leaf, one call", "`walk` of the whole table (no range; the table holds only the range)",
+     "`walk_range`", "`walk` (an iterator; final mappings counted)", "—"),
     ("write-protect the range", "`cursor().protect_region`", "`modify_range` clearing S2AP's write bit",
      "`protect_region`", "`update_flags` per page"),
     ("unmap, one range call", "`cursor().unmap_region` (tables kept until drop)",

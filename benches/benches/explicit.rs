@@ -3,7 +3,8 @@
 //!
 //! Groups (criterion's `<group>/<bench>`):
 //! - `<arch>_<leaf>`: the engine on one architecture configuration over 1 GiB of leaves of one size
-//!   (`ept-ad_4K`, `npt_2M`, ...): `map_range`, `map_pages`, `query`, `protect`, `unmap_range`,
+//!   (`ept-ad_4K`, `npt_2M`, ...): `map_range`, `map_pages`, `query`, `walk` (every leaf of the range in one call),
+//!   `protect`, `unmap_range`,
 //!   `unmap_pages`, `teardown`, with `split` and `collapse` for page-sized leaves, and
 //!   `host_alloc_free` (what the heap host alone costs for the tree's tables, for reference);
 //! - `<peer>_<leaf>`: a peer doing the same work its own way (`ptm_4K`, `a64p_2M`, ...);
@@ -108,6 +109,7 @@ fn arch<F: PteFormat + Clone>(c: &mut Criterion, label: &str, make: impl Fn() ->
         // such bits and the least memory work is a plain and-not, on every format. The atomic
         // and-not is measured beside it, for reference.
         let protect_floor = "and_not";
+        check_walk(&fmt, &host, &w).unwrap_or_else(|e| panic!("{group}: {e}"));
         let m = checked.mapped;
         let record = Record::new()
             .str("kind", "tdp")
@@ -164,6 +166,10 @@ fn arch<F: PteFormat + Clone>(c: &mut Criterion, label: &str, make: impl Fn() ->
         g.bench_function("query", |b| {
             let t = mapped();
             b.iter(|| workload::query_all(&t, &w))
+        });
+        g.bench_function("walk", |b| {
+            let t = mapped();
+            b.iter(|| workload::walk_all(&t, &w))
         });
         g.bench_function("protect", |b| {
             b.iter_batched(
@@ -233,6 +239,28 @@ fn arch<F: PteFormat + Clone>(c: &mut Criterion, label: &str, make: impl Fn() ->
     }
 }
 
+/// Checks that one walk of the mapped range meets every leaf once, with the checksum of
+/// `query_all`.
+fn check_walk<F: PteFormat + Clone>(
+    fmt: &F,
+    host: &tdp_core::testing::HeapHost,
+    w: &Workload,
+) -> Result<(), String> {
+    let mut t = workload::empty(fmt, host);
+    workload::map_range(&mut t, w);
+    let want = (w.leaves, expected_checksum(w));
+    let got = workload::walk_all(&t, w);
+    if got != want {
+        return Err(format!("walk met {got:#x?}, expected {want:#x?}"));
+    }
+    Ok(())
+}
+
+/// The xor of every leaf's output address.
+fn expected_checksum(w: &Workload) -> u64 {
+    (0..w.leaves).fold(0, |a, i| a ^ (w.hpa + i * w.leaf))
+}
+
 // --- the peers ------------------------------------------------------------------------------
 
 fn peer<P: Peer>(c: &mut Criterion) {
@@ -298,6 +326,12 @@ fn peer<P: Peer>(c: &mut Criterion) {
             g.bench_function("query", |b| {
                 let t = mapped();
                 b.iter(|| t.query_all(&w))
+            });
+        }
+        if can(Op::Walk) {
+            g.bench_function("walk", |b| {
+                let t = mapped();
+                b.iter(|| t.walk(&w))
             });
         }
         if can(Op::Protect) {

@@ -481,3 +481,22 @@ pub fn check_all<F: PteFormat + Clone>(
         sizes,
     })
 }
+
+/// Walks the whole range in one call, visiting every entry; returns how many leaves it met and
+/// the xor of their output addresses (the same checksum as [`query_all`]).
+///
+/// # Panics
+/// If the engine refuses.
+pub fn walk_all<F: PteFormat, H: Host>(t: &Table<F, H>, w: &Workload) -> (u64, u64) {
+    let fmt = t.format();
+    let (mut leaves, mut sum) = (0u64, 0u64);
+    t.walk(w.range(), |e| {
+        if e.kind == tdp_core::EntryKind::Leaf {
+            leaves += 1;
+            sum ^= fmt.leaf_addr(e.raw, e.level).raw();
+        }
+        core::ops::ControlFlow::Continue(())
+    })
+    .expect("walk");
+    (leaves, sum)
+}

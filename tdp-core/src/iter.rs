@@ -66,38 +66,6 @@ pub(crate) unsafe fn lookup<F: PteFormat, H: Host, M: Mode>(
     }
 }
 
-/// The level-0 slot that maps `gpa`, if every table on the way to it exists: the slot's pointer
-/// and its table's physical address (for its metadata). The lookup form used by single-page
-/// operations.
-///
-/// # Safety
-/// As [`lookup`].
-#[inline]
-pub(crate) unsafe fn leaf_slot<F: PteFormat, H: Host, M: Mode>(
-    fmt: &F,
-    host: &H,
-    root: Hpa,
-    gpa: u64,
-) -> Option<(EntryPtr, Hpa)> {
-    let geo = fmt.geometry();
-    let mut level = geo.root_level();
-    let mut pa = root;
-    loop {
-        // SAFETY: `pa` is a live table of the tree at `level` (caller contract, then each step
-        // follows a table entry of the tree) and the index is below its entry count.
-        let ptr = unsafe { EntryPtr::new(host.phys_to_virt(pa), geo.index(gpa, level)) };
-        if level == Level::LEAF {
-            return Some((ptr, pa));
-        }
-        let raw = ptr.load_for(M::SHARED, F::BYTE_ORDER);
-        if fmt.classify(raw, level) != EntryKind::Table {
-            return None;
-        }
-        pa = fmt.table_addr(raw, level);
-        level = Level::from_index(level.index() - 1);
-    }
-}
-
 /// The pre-order iterator. See the module documentation.
 pub(crate) struct Iter<'a, F: PteFormat, H: Host, M: Mode> {
     pub(crate) fmt: &'a F,

@@ -424,59 +424,115 @@ pub(crate) fn remove_table<F: PteFormat, H: Host + ?Sized, M: Mode>(
     pending: &mut Pending,
     delta: &mut Delta,
 ) -> u64 {
+    if !M::SHARED && !want_ad {
+        remove_subtree_exclusive(fmt, host, child, child_level, pending, delta);
+        return 0;
+    }
     let geo = fmt.geometry();
     let virt = host.phys_to_virt(child);
     let n = geo.entries(child_level);
     let mut ad = 0;
-    // SAFETY: `child` was a live table of this tree and is not freed before the grace period (it
-    // is queued below), so its metadata is valid.
-    let meta = unsafe { host.meta(child).as_ref() };
-    if !M::SHARED && child_level == Level::LEAF && !want_ad {
-        // Exclusive, leaf table, A/D not wanted: the counts say how many leaves it held, with no
-        // scan.
-        delta.leaves[0] -= i64::from(meta.count()) - i64::from(meta.others());
-    } else {
-        let frozen = fmt.frozen(child_level);
-        let empty = fmt.empty(child_level);
-        for i in 0..n {
-            // SAFETY: `i` is below the entry count of the table `child`, which is still allocated.
-            let p = unsafe { EntryPtr::new(virt, i) };
-            let old = if M::SHARED {
-                // Take the entry: an updater that reads it from now on sees it frozen and retries.
-                // A break-before-make in progress writes its new value after its flush: wait for
-                // it, so that what it installs is accounted here.
-                loop {
-                    let old = p.swap(frozen, F::BYTE_ORDER);
-                    if old != frozen {
-                        break old;
-                    }
-                    spin_hint();
+    let frozen = fmt.frozen(child_level);
+    let empty = fmt.empty(child_level);
+    for i in 0..n {
+        // SAFETY: `i` is below the entry count of the table `child`, which is still allocated.
+        let p = unsafe { EntryPtr::new(virt, i) };
+        let old = if M::SHARED {
+            // Take the entry: an updater that reads it from now on sees it frozen and retries.
+            // A break-before-make in progress writes its new value after its flush: wait for
+            // it, so that what it installs is accounted here.
+            loop {
+                let old = p.swap(frozen, F::BYTE_ORDER);
+                if old != frozen {
+                    break old;
                 }
-            } else if want_ad && fmt.ad_model() == crate::format::AdModel::Hardware {
-                // Hardware may still set A/D until the entry is taken: take it atomically so the
-                // bits are seen; once empty, hardware sets nothing more in it.
-                p.swap(empty, F::BYTE_ORDER)
-            } else {
-                p.load(F::BYTE_ORDER)
-            };
-            if old == empty {
-                continue;
+                spin_hint();
             }
-            match fmt.classify(old, child_level) {
-                EntryKind::Leaf => {
-                    delta.leaves[child_level.index()] -= 1;
-                    ad |= fmt.ad_bits(old, child_level);
-                }
-                EntryKind::Table => {
-                    let grandchild = fmt.table_addr(old, child_level);
-                    let gl = Level::from_index(child_level.index() - 1);
-                    remove_table::<F, H, M>(fmt, host, grandchild, gl, false, pending, delta);
-                }
-                _ => {}
+        } else if want_ad && fmt.ad_model() == crate::format::AdModel::Hardware {
+            // Hardware may still set A/D until the entry is taken: take it atomically so the
+            // bits are seen; once empty, hardware sets nothing more in it.
+            p.swap(empty, F::BYTE_ORDER)
+        } else {
+            p.load(F::BYTE_ORDER)
+        };
+        if old == empty {
+            continue;
+        }
+        match fmt.classify(old, child_level) {
+            EntryKind::Leaf => {
+                delta.leaves[child_level.index()] -= 1;
+                ad |= fmt.ad_bits(old, child_level);
             }
+            EntryKind::Table => {
+                let grandchild = fmt.table_addr(old, child_level);
+                let gl = Level::from_index(child_level.index() - 1);
+                remove_table::<F, H, M>(fmt, host, grandchild, gl, false, pending, delta);
+            }
+            _ => {}
         }
     }
     pending.detach(host, child_level, child, geo);
     delta.tables[child_level.index()] -= 1;
     ad
+}
+
+/// [`remove_table`] in exclusive mode with no A/D wanted: the whole subtree below the removed
+/// parent entry is accounted and queued in one pass, with no entry written (nothing else can
+/// reach the detached tables, and they are freed as they are). Every table's count says how many
+/// of its entries are not empty, so the scan of a table stops after its last such entry; a leaf
+/// table is never scanned (its counts say how many leaves it held), and the leaf tables under a
+/// level-1 table are accounted and queued in its own loop, with no call per leaf table.
+fn remove_subtree_exclusive<F: PteFormat, H: Host + ?Sized>(
+    fmt: &F,
+    host: &H,
+    child: Hpa,
+    child_level: Level,
+    pending: &mut Pending,
+    delta: &mut Delta,
+) {
+    let geo = fmt.geometry();
+    // SAFETY: `child` was a live table of this tree and is not freed before the flush (it is
+    // queued below), so its metadata is valid.
+    let meta = unsafe { host.meta(child).as_ref() };
+    if child_level == Level::LEAF {
+        delta.leaves[0] -= i64::from(meta.count()) - i64::from(meta.others());
+    } else {
+        let virt = host.phys_to_virt(child);
+        let empty = fmt.empty(child_level);
+        let n = geo.entries(child_level);
+        let below = Level::from_index(child_level.index() - 1);
+        let mut left = meta.count();
+        let mut i = 0;
+        let (mut leaves, mut leaves_below, mut tables_below) = (0i64, 0i64, 0i64);
+        while left > 0 && i < n {
+            // SAFETY: `i < n`, the entry count of the table `child`, which is still allocated.
+            let old = unsafe { EntryPtr::new(virt, i) }.load(F::BYTE_ORDER);
+            i += 1;
+            if old == empty {
+                continue;
+            }
+            left -= 1;
+            match fmt.classify(old, child_level) {
+                EntryKind::Leaf => leaves += 1,
+                EntryKind::Table if below == Level::LEAF => {
+                    let leaf_table = fmt.table_addr(old, child_level);
+                    // SAFETY: a table of this tree (reached through its entry), still allocated.
+                    let m = unsafe { host.meta(leaf_table).as_ref() };
+                    leaves_below += i64::from(m.count()) - i64::from(m.others());
+                    tables_below += 1;
+                    pending.detach(host, Level::LEAF, leaf_table, geo);
+                }
+                EntryKind::Table => {
+                    let table = fmt.table_addr(old, child_level);
+                    remove_subtree_exclusive(fmt, host, table, below, pending, delta);
+                }
+                _ => {}
+            }
+        }
+        delta.leaves[child_level.index()] -= leaves;
+        delta.leaves[0] -= leaves_below;
+        delta.tables[0] -= tables_below;
+    }
+    pending.detach(host, child_level, child, geo);
+    delta.tables[child_level.index()] -= 1;
 }

@@ -3,7 +3,8 @@
 //! activated (so it issues no TLB maintenance). Map is one `map_range` (NO_BLOCK_MAPPINGS for 4 KiB
 //! leaves); unmap is `map_range` without VALID (it frees fully covered subtables); write-protect
 //! is `modify_range` clearing S2AP's write bit; there is no point lookup, so a query is a
-//! `walk_range` over one page. It has no explicit split: a `map_range` with NO_BLOCK_MAPPINGS over
+//! `walk_range` over one page, and the walk is one `walk_range` over the range (it calls back for
+//! every entry that is not a table). It has no explicit split: a `map_range` with NO_BLOCK_MAPPINGS over
 //! a block with different attributes rebuilds it as pages, so split maps the block again with a
 //! software bit (SWFLAG_0, ignored by hardware) added.
 
@@ -116,6 +117,20 @@ impl Peer for A64p {
             sum ^= self.translate(w.start + i * w.leaf).expect("mapped").hpa;
         }
         sum
+    }
+
+    fn walk(&self, w: &Workload) -> (u64, u64) {
+        let (mut leaves, mut sum) = (0u64, 0u64);
+        self.0
+            .walk_range(&region(w.start, w.size), &mut |_, d, _level| {
+                if d.is_valid() {
+                    leaves += 1;
+                    sum ^= d.output_address().0 as u64;
+                }
+                Ok(())
+            })
+            .expect("walk_range");
+        (leaves, sum)
     }
 
     fn translate(&self, gpa: u64) -> Option<Found> {

@@ -32,6 +32,8 @@ pub enum Op {
     MapPages,
     /// Translate every leaf once.
     Query,
+    /// Visit every leaf of the range in one call.
+    Walk,
     /// Write-protect the whole range.
     Protect,
     /// Unmap the whole range in one call.
@@ -75,6 +77,11 @@ pub trait Peer: Sized {
     fn map_top(&mut self, w: &Workload);
     /// Translates every leaf once; returns a checksum.
     fn query_all(&self, w: &Workload) -> u64;
+    /// Visits every leaf of the range in one call (never called unless [`Peer::supports`]
+    /// says `Op::Walk`); returns how many leaves it met and the xor of their output addresses.
+    fn walk(&self, _w: &Workload) -> (u64, u64) {
+        unreachable!("{} has no range walk", Self::NAME)
+    }
     /// Translates one address.
     fn translate(&self, gpa: u64) -> Option<Found>;
     /// Write-protects the range.
@@ -167,6 +174,16 @@ pub fn check_all<P: Peer>(w: &Workload) -> Result<Checked, String> {
         let want = (0..w.leaves).fold(0, |a, i| a ^ (w.hpa + i * w.leaf));
         if sum != want {
             return Err(format!("{}: query checksum {sum:#x} != {want:#x}", P::NAME));
+        }
+        if P::supports(Op::Walk, w) {
+            let got = t.walk(w);
+            if got != (w.leaves, want) {
+                return Err(format!(
+                    "{}: walk met {got:#x?}, expected {:#x?}",
+                    P::NAME,
+                    (w.leaves, want)
+                ));
+            }
         }
     }
     if P::supports(Op::MapPages, w) {

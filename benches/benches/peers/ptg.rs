@@ -1,7 +1,8 @@
 //! page-table-generic 0.9.1 with a small EPT-like user entry (present, write, no-execute, huge,
 //! address bits 12..51) and a `TableMeta` of 4 levels × 9 bits with 2 MiB and 1 GiB blocks and a
 //! no-op flush. Map is one `map` (`allow_huge` off for 4 KiB leaves), per-page `map_page` /
-//! `unmap_page`, `query` per page, `protect_region`, `unmap` of the range (it frees empty tables),
+//! `unmap_page`, `query` per page, `walk` of the range (an iterator; the final mappings counted),
+//! `protect_region`, `unmap` of the range (it frees empty tables),
 //! and the two-phase huge split (`split_huge_page`: the 1 GiB block into 2 MiB blocks, then each
 //! of those into 4 KiB pages).
 
@@ -183,6 +184,17 @@ impl Peer for Ptg {
                 flush: false,
             })
             .expect("map");
+    }
+
+    fn walk(&self, w: &Workload) -> (u64, u64) {
+        let (mut leaves, mut sum) = (0u64, 0u64);
+        for p in self.0.walk(va(w.start), va(w.start + w.size)) {
+            if p.is_final_mapping {
+                leaves += 1;
+                sum ^= p.pte.0 & ADDR;
+            }
+        }
+        (leaves, sum)
     }
 
     fn query_all(&self, w: &Workload) -> u64 {

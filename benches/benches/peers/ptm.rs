@@ -1,11 +1,11 @@
 //! page_table_multiarch 0.6.2: `X64PageTable` (the only table with stock entries on an x86 host),
-//! flags R|W|X|U, the cursor's region operations and per-page `map`/`unmap`, `query` per page.
-//! It has no split; its region operations walk from the root once per page; tables are only freed
+//! flags R|W|X|U, the cursor's region operations and per-page `map`/`unmap`, `query` per page,
+//! `walk` (over the whole table: it takes no range) for the walk. It has no split; its region operations walk from the root once per page; tables are only freed
 //! when the table is dropped.
 
 use memory_addr::{PhysAddr, VirtAddr};
 use page_table_multiarch::x86_64::X64PageTable;
-use page_table_multiarch::{MappingFlags, PageSize, PagingHandler};
+use page_table_multiarch::{GenericPTE, MappingFlags, PageSize, PagingHandler};
 use tdp_benches::Workload;
 
 use super::{pool, Found, Op, Peer};
@@ -48,6 +48,19 @@ fn page_size(leaf: u64) -> PageSize {
         0x20_0000 => PageSize::Size2M,
         0x4000_0000 => PageSize::Size1G,
         _ => unreachable!("x86 leaf size"),
+    }
+}
+
+/// A walk callback counting the leaves it meets (level 3, or a huge entry above) and folding
+/// their output addresses into `found`.
+fn count_leaves<PTE: GenericPTE>(
+    found: &core::cell::Cell<(u64, u64)>,
+) -> impl Fn(usize, usize, VirtAddr, &PTE) + '_ {
+    move |level, _i, _va, e| {
+        if level == 3 || e.is_huge() {
+            let (n, sum) = found.get();
+            found.set((n + 1, sum ^ e.paddr().as_usize() as u64));
+        }
     }
 }
 
@@ -108,6 +121,13 @@ impl Peer for Ptm {
                 true,
             )
             .expect("map_region");
+    }
+
+    fn walk(&self, _w: &Workload) -> (u64, u64) {
+        // `walk` has no range: it visits the whole table, which holds only the range.
+        let found = core::cell::Cell::new((0u64, 0u64));
+        self.0.walk(usize::MAX, Some(&count_leaves(&found)), None);
+        found.get()
     }
 
     fn query_all(&self, w: &Workload) -> u64 {

@@ -10,10 +10,10 @@ use crate::addr::{Gpa, GpaRange, Level};
 use crate::error::Error;
 use crate::format::{EntryKind, PteFormat};
 use crate::host::Host;
-use crate::iter::{leaf_slot, Visit};
+use crate::iter::Visit;
 use crate::mode::Mode;
 use crate::tree::Progress;
-use crate::update::{count_add, remove_table, try_set, zap_run};
+use crate::update::{remove_table, try_set, zap_run};
 
 use super::{check_range, frozen_restart, split_here, Op};
 
@@ -24,9 +24,6 @@ pub(crate) fn unmap<F: PteFormat, H: Host, M: Mode>(
 ) -> Result<Progress, Error> {
     let geo = op.geometry();
     let (start, last) = check_range(geo, range)?;
-    if range.size() == geo.page_size() && unmap_page_fast::<F, H, M>(op, start) {
-        return Ok(Progress::Done);
-    }
     // Tables only for huge leaves the edges cut: an unmap that cuts none needs no memory, so a
     // host out of memory can still unmap to get memory back.
     let need = op.edge_need::<M>(start, last, |_, _| true);
@@ -35,46 +32,8 @@ pub(crate) fn unmap<F: PteFormat, H: Host, M: Mode>(
     zap_walk::<F, H, M>(op, start, last, budget)
 }
 
-/// Unmaps the leaf at `gpa` if it sits in a level-0 table that keeps other entries (exclusive)
-/// or in any level-0 table (shared: tables are not freed by count); false (nothing done)
-/// otherwise, for the general path.
-#[inline]
-fn unmap_page_fast<F: PteFormat, H: Host, M: Mode>(op: &mut Op<'_, F, H>, gpa: u64) -> bool {
-    let fmt = op.fmt;
-    // SAFETY: `op.root` is the tree's live root and `gpa` is within the input width (checked).
-    let Some((slot, table)) = (unsafe { leaf_slot::<F, H, M>(fmt, op.host, op.root, gpa) }) else {
-        return false;
-    };
-    let empty = fmt.empty(Level::LEAF);
-    // SAFETY: `table` is a live table of this tree (Host contract for `meta`).
-    let meta = unsafe { op.host.meta(table).as_ref() };
-    let mut old = slot.load_for(M::SHARED, F::BYTE_ORDER);
-    loop {
-        if old == empty {
-            return true; // a hole: nothing to do, nothing to flush
-        }
-        if fmt.classify(old, Level::LEAF) != EntryKind::Leaf || (!M::SHARED && meta.count() <= 1) {
-            return false; // the general path handles it (and frees the table if it empties)
-        }
-        if M::SHARED {
-            match slot.compare_exchange(old, empty, F::BYTE_ORDER) {
-                Ok(_) => break,
-                Err(now) => old = now,
-            }
-        } else {
-            slot.store(empty, F::BYTE_ORDER);
-            break;
-        }
-    }
-    count_add::<M>(meta, -1);
-    op.delta.leaves[0] -= 1;
-    op.pending
-        .flush_span(gpa, fmt.geometry().page_size(), Level::LEAF);
-    true
-}
-
-/// Zaps `[start, last]`, visiting at most about `budget` entries before it yields. Not inlined,
-/// so that the one-page path of `unmap` keeps a small frame.
+/// Zaps `[start, last]`, visiting at most about `budget` entries before it yields (single-entry
+/// unmaps never get here: see [`super::single`]).
 #[inline(never)]
 pub(crate) fn zap_walk<F: PteFormat, H: Host, M: Mode>(
     op: &mut Op<'_, F, H>,

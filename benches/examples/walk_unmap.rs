@@ -1,0 +1,72 @@
+//! One walk or one range unmap of 1 GiB of page-sized leaves outside criterion, for profilers:
+//! counting instructions per page with callgrind, for example
+//!
+//! ```text
+//! cargo build --release -p tdp-benches --example walk_unmap
+//! valgrind --tool=callgrind --toggle-collect='*walk_once*' \
+//!     target/release/examples/walk_unmap walk ept-ad
+//! valgrind --tool=callgrind --toggle-collect='*unmap_once*' \
+//!     target/release/examples/walk_unmap unmap ept-ad
+//! ```
+//!
+//! Arguments: the operation (`walk`, `unmap`), the format (`ept-ad`, `arm64-4k`) and how many
+//! runs (default 1). Each run maps the range first (not collected). Prints ns per page.
+
+use std::time::Instant;
+
+use tdp_arch_arm64::Granule;
+use tdp_benches::workload::{self, GIB};
+use tdp_benches::{formats, Workload};
+use tdp_core::testing::HeapHost;
+use tdp_core::{PteFormat, Table};
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let walk = match args.first().map(String::as_str) {
+        Some("walk") | None => true,
+        Some("unmap") => false,
+        Some(other) => panic!("unknown operation {other}: walk or unmap"),
+    };
+    let runs: u32 = args
+        .get(2)
+        .map_or(1, |n| n.parse().expect("a number of runs"));
+    match args.get(1).map(String::as_str) {
+        Some("ept-ad") | None => go(&formats::ept(true), walk, runs),
+        Some("arm64-4k") => go(&formats::stage2(Granule::K4), walk, runs),
+        Some(other) => panic!("unknown format {other}: ept-ad or arm64-4k"),
+    }
+}
+
+#[inline(never)]
+fn walk_once<F: PteFormat>(t: &Table<F, &HeapHost>, w: &Workload) -> (u64, u64) {
+    workload::walk_all(t, w)
+}
+
+#[inline(never)]
+fn unmap_once<F: PteFormat>(t: &mut Table<F, &HeapHost>, w: &Workload) {
+    workload::unmap_range(t, w);
+}
+
+fn go<F: PteFormat + Clone>(fmt: &F, walk: bool, runs: u32) {
+    let w: Workload = Workload::all(fmt.geometry(), GIB)[0];
+    let host = workload::host(fmt);
+    for _ in 0..runs {
+        let mut t = workload::empty(fmt, &host);
+        workload::map_range(&mut t, &w);
+        let t0 = Instant::now();
+        if walk {
+            let (n, _) = std::hint::black_box(walk_once(&t, &w));
+            assert_eq!(n, w.leaves, "walk met every leaf");
+        } else {
+            unmap_once(&mut t, &w);
+            assert_eq!(t.stats().total_leaves(), 0, "unmap left leaves");
+        }
+        let dt = t0.elapsed();
+        println!(
+            "{}: {:.3} ms, {:.3} ns per page",
+            if walk { "walk" } else { "unmap" },
+            dt.as_secs_f64() * 1e3,
+            dt.as_secs_f64() * 1e9 / w.leaves as f64
+        );
+    }
+}
