@@ -55,11 +55,9 @@ fn protect_once_shared<F: PteFormat + Sync>(
     let guard = host.read_side();
     let s = tree.shared(&guard);
     let mut flush = PendingFlush::new(host);
-    loop {
-        match s.protect(ctx, &mut flush, w.range(), WP_PERMS) {
-            Ok(Progress::Done) => break,
-            other => panic!("shared protect: {other:?}"),
-        }
+    match s.protect(ctx, &mut flush, w.range(), WP_PERMS) {
+        Ok(Progress::Done) => {}
+        other => panic!("shared protect: {other:?}"),
     }
     flush.flush();
 }
