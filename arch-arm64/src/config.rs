@@ -242,6 +242,9 @@ pub struct Stage2 {
     start_level: u8,
     /// log2 of the number of concatenated tables at the start level (0..=4).
     concat_log2: u8,
+    /// The descriptor bits that hold an output or next-table address (from the granule and
+    /// LPA2), kept so that `leaf_key` and `split_child` do not derive them per entry.
+    pub(crate) oa_fields: u64,
 }
 
 impl Stage2 {
@@ -362,6 +365,7 @@ impl Stage2 {
             opts,
             start_level: (4 - levels) as u8,
             concat_log2: start_bits.saturating_sub(stride) as u8,
+            oa_fields: crate::descriptor::oa_fields_of(opts.granule, opts.lpa2),
         })
     }
 

@@ -132,15 +132,22 @@ const fn bits(hi: u32, lo: u32) -> u64 {
     (u64::MAX >> (63 - hi)) & !((1u64 << lo) - 1)
 }
 
+/// The descriptor bits that hold an output or next-table address with `granule` (and FEAT_LPA2's
+/// layout if `lpa2`). Computed once per configuration ([`Stage2::new`] keeps it).
+pub(crate) fn oa_fields_of(granule: Granule, lpa2: bool) -> u64 {
+    let g = granule.shift();
+    match granule {
+        Granule::K64 => bits(47, g) | 0xf << OA_64K_HIGH_SHIFT,
+        _ if lpa2 => bits(49, g) | 0b11 << OA_LPA2_HIGH_SHIFT,
+        _ => bits(47, g),
+    }
+}
+
 impl Stage2 {
     /// The descriptor bits that hold an output or next-table address.
+    #[inline(always)]
     fn oa_fields(&self) -> u64 {
-        let g = self.opts.granule.shift();
-        match self.opts.granule {
-            Granule::K64 => bits(47, g) | 0xf << OA_64K_HIGH_SHIFT,
-            _ if self.opts.lpa2 => bits(49, g) | 0b11 << OA_LPA2_HIGH_SHIFT,
-            _ => bits(47, g),
-        }
+        self.oa_fields
     }
 
     /// `pa` (granule-aligned, below the output size) in the descriptor's address fields.

@@ -202,6 +202,42 @@ pub(crate) fn update_leaf<F: PteFormat, M: Mode>(
     }
 }
 
+/// Changes the leaf at `ptr` (currently `cur`) in place to `new`, which the caller computed for
+/// `cur` (possibly once for a run of leaves with equal non-address bits, see `ops::protect`), and
+/// `atomic` = `M::SHARED || fmt.volatile_bits(cur, level) != 0`, likewise decided by the caller.
+/// As [`update_leaf`] otherwise: a plain store when not atomic, else a compare-exchange against
+/// `cur`; if the entry changed but is still a leaf, `f(now)` is written in its place, again with
+/// a compare-exchange. Only permission, A/D and software bits may change this way.
+///
+/// # Errors
+/// The value found if the entry stopped being a leaf meanwhile; nothing is written then.
+#[inline(always)]
+pub(crate) fn update_leaf_to<F: PteFormat, M: Mode>(
+    fmt: &F,
+    ptr: EntryPtr,
+    cur: u64,
+    new: u64,
+    atomic: bool,
+    level: Level,
+    f: impl Fn(u64) -> u64,
+) -> Result<u64, u64> {
+    debug_assert!(!fmt.needs_break(cur, new, level));
+    debug_assert_eq!(atomic, M::SHARED || fmt.volatile_bits(cur, level) != 0);
+    if !atomic {
+        ptr.store(new, F::BYTE_ORDER);
+        return Ok(new);
+    }
+    match ptr.compare_exchange(cur, new, F::BYTE_ORDER) {
+        Ok(_) => Ok(new),
+        Err(now) if fmt.classify(now, level) == EntryKind::Leaf => {
+            // Hardware set a volatile bit, or (shared mode) another updater changed the leaf:
+            // the general path, from the value found (always a compare-exchange from here).
+            update_leaf::<F, crate::mode::Shared>(fmt, ptr, now, level, f)
+        }
+        Err(now) => Err(now),
+    }
+}
+
 /// Writes up to `n` consecutive leaves at `level` mapping `hpa`, `hpa + size`, ... starting at
 /// `ptr`, into slots the caller saw empty. Exclusive mode writes all `n` with plain stores;
 /// shared mode installs each with a compare-exchange from the empty value and stops at the first
