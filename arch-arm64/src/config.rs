@@ -245,6 +245,8 @@ pub struct Stage2 {
     /// The descriptor bits that hold an output or next-table address (from the granule and
     /// LPA2), kept so that `leaf_key` and `split_child` do not derive them per entry.
     pub(crate) oa_fields: u64,
+    /// How an output address is split over those fields (decoded and encoded without a branch).
+    pub(crate) oa: crate::descriptor::OaLayout,
 }
 
 impl Stage2 {
@@ -366,6 +368,7 @@ impl Stage2 {
             start_level: (4 - levels) as u8,
             concat_log2: start_bits.saturating_sub(stride) as u8,
             oa_fields: crate::descriptor::oa_fields_of(opts.granule, opts.lpa2),
+            oa: crate::descriptor::OaLayout::of(opts.granule, opts.lpa2),
         })
     }
 

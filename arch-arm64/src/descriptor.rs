@@ -143,6 +143,44 @@ pub(crate) fn oa_fields_of(granule: Granule, lpa2: bool) -> u64 {
     }
 }
 
+/// Where an output address sits in a descriptor: bits `lo` in place, and `hi_mask` bits taken
+/// from the descriptor at `hi_field` to the address at `hi_pa` (PA\[51:48\] in bits 15:12 with
+/// the 64 KiB granule, PA\[51:50\] in bits 9:8 with FEAT_LPA2; none otherwise: `hi_mask` 0).
+/// Arm ARM D8.3 (VMSAv8-64 descriptor formats).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(crate) struct OaLayout {
+    lo: u64,
+    hi_mask: u64,
+    hi_field: u32,
+    hi_pa: u32,
+}
+
+impl OaLayout {
+    pub(crate) const fn of(granule: Granule, lpa2: bool) -> OaLayout {
+        let g = granule.shift();
+        match granule {
+            Granule::K64 => OaLayout {
+                lo: bits(47, g),
+                hi_mask: 0xf,
+                hi_field: OA_64K_HIGH_SHIFT,
+                hi_pa: 48,
+            },
+            _ if lpa2 => OaLayout {
+                lo: bits(49, g),
+                hi_mask: 0b11,
+                hi_field: OA_LPA2_HIGH_SHIFT,
+                hi_pa: 50,
+            },
+            _ => OaLayout {
+                lo: bits(47, g),
+                hi_mask: 0,
+                hi_field: 0,
+                hi_pa: 0,
+            },
+        }
+    }
+}
+
 impl Stage2 {
     /// The descriptor bits that hold an output or next-table address.
     #[inline(always)]
@@ -151,23 +189,17 @@ impl Stage2 {
     }
 
     /// `pa` (granule-aligned, below the output size) in the descriptor's address fields.
+    #[inline(always)]
     fn encode_oa(&self, pa: u64) -> u64 {
-        let g = self.opts.granule.shift();
-        match self.opts.granule {
-            Granule::K64 => (pa & bits(47, g)) | ((pa >> 48) & 0xf) << OA_64K_HIGH_SHIFT,
-            _ if self.opts.lpa2 => (pa & bits(49, g)) | ((pa >> 50) & 0b11) << OA_LPA2_HIGH_SHIFT,
-            _ => pa & bits(47, g),
-        }
+        let o = &self.oa;
+        (pa & o.lo) | ((pa >> o.hi_pa) & o.hi_mask) << o.hi_field
     }
 
     /// The address held in a descriptor's address fields.
+    #[inline(always)]
     fn decode_oa(&self, raw: u64) -> u64 {
-        let g = self.opts.granule.shift();
-        match self.opts.granule {
-            Granule::K64 => (raw & bits(47, g)) | ((raw >> OA_64K_HIGH_SHIFT) & 0xf) << 48,
-            _ if self.opts.lpa2 => (raw & bits(49, g)) | ((raw >> OA_LPA2_HIGH_SHIFT) & 0b11) << 50,
-            _ => raw & bits(47, g),
-        }
+        let o = &self.oa;
+        (raw & o.lo) | ((raw >> o.hi_field) & o.hi_mask) << o.hi_pa
     }
 
     /// XN\[1:0\] (bits 54:53) for `perms`; without FEAT_XNX only bit 54.

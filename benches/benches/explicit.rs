@@ -11,8 +11,9 @@
 //! - `floor_<words>w_<bytes>`: raw loops over as many entry words as leaves (`store`, `load`,
 //!   `and_not`, `atomic_and_not`) and over the minimal tree's bytes (`zero`).
 //!
-//! Every time includes table allocation from a warm pool (the engine: the testing kit's heap host;
-//! the peers: a frame pool of our own), divided by the number of leaves by `benches/report.py`.
+//! Every time includes table allocation from a warm pool (the engine: the benches' direct-map host,
+//! `tdp_benches::direct`, or with `TDP_BENCH_HOST=heap` the testing kit's heap host; the peers: a
+//! frame pool of our own of the same shape), divided by the number of leaves by `benches/report.py`.
 //! Before a group is measured, every operation is run once and checked (translations sampled after
 //! map/protect/split/collapse, none after unmap, every table freed after teardown).
 //!
@@ -30,14 +31,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use criterion::measurement::WallTime;
+use criterion::{
+    criterion_group, criterion_main, BatchSize, BenchmarkGroup, Criterion, Throughput,
+};
 use tdp_arch_arm64::Granule;
 use tdp_arch_ppc::RadixGranule;
+use tdp_benches::direct::DirectHost;
 use tdp_benches::meta::{self, Record};
-use tdp_benches::workload::{self, size_name, GIB};
+use tdp_benches::workload::{self, size_name, GIB, WINDOW_SIZE};
 use tdp_benches::Workload;
 use tdp_benches::{floor, formats};
-use tdp_core::PteFormat;
+use tdp_core::{Host, PteFormat};
 
 use peers::{Op, Peer};
 
@@ -121,10 +126,7 @@ fn arch<F: PteFormat + Clone>(c: &mut Criterion, label: &str, make: impl Fn() ->
             .num("leaves", w.leaves)
             .str("floor", &floor)
             .str("protect_floor", protect_floor)
-            .str(
-                "host",
-                "tdp-core testing HeapHost (warm: freed tables reused)",
-            )
+            .str("host", bench_host_name())
             .num("table_bytes_min", min)
             .num("table_bytes", m.table_bytes)
             .num("cached_bytes", m.cached_bytes)
@@ -137,106 +139,139 @@ fn arch<F: PteFormat + Clone>(c: &mut Criterion, label: &str, make: impl Fn() ->
 
         let mut g = c.benchmark_group(&group);
         g.throughput(Throughput::Elements(w.leaves));
-        let empty = || workload::empty(&fmt, &host);
-        let mapped = || {
-            let mut t = workload::empty(&fmt, &host);
-            workload::map_range(&mut t, &w);
-            t
-        };
-        g.bench_function("map_range", |b| {
-            b.iter_batched(
-                empty,
-                |mut t| {
-                    workload::map_range(&mut t, &w);
-                    t
-                },
-                BatchSize::PerIteration,
-            )
-        });
-        g.bench_function("map_pages", |b| {
-            b.iter_batched(
-                empty,
-                |mut t| {
-                    workload::map_pages(&mut t, &w);
-                    t
-                },
-                BatchSize::PerIteration,
-            )
-        });
-        g.bench_function("query", |b| {
-            let t = mapped();
-            b.iter(|| workload::query_all(&t, &w))
-        });
-        g.bench_function("walk", |b| {
-            let t = mapped();
-            b.iter(|| workload::walk_all(&t, &w))
-        });
-        g.bench_function("protect", |b| {
-            b.iter_batched(
-                mapped,
-                |mut t| {
-                    workload::protect(&mut t, &w);
-                    t
-                },
-                BatchSize::PerIteration,
-            )
-        });
-        g.bench_function("unmap_range", |b| {
-            b.iter_batched(
-                mapped,
-                |mut t| {
-                    workload::unmap_range(&mut t, &w);
-                    t
-                },
-                BatchSize::PerIteration,
-            )
-        });
-        g.bench_function("unmap_pages", |b| {
-            b.iter_batched(
-                mapped,
-                |mut t| {
-                    workload::unmap_pages(&mut t, &w);
-                    t
-                },
-                BatchSize::PerIteration,
-            )
-        });
-        if w.splits() {
-            g.bench_function("split", |b| {
-                b.iter_batched(
-                    || {
-                        let mut t = workload::empty(&fmt, &host);
-                        workload::map_top(&mut t, &w);
-                        t
-                    },
-                    |mut t| {
-                        workload::split(&mut t, &w);
-                        t
-                    },
-                    BatchSize::PerIteration,
-                )
-            });
-            g.bench_function("collapse", |b| {
-                b.iter_batched(
-                    mapped,
-                    |mut t| {
-                        workload::collapse(&mut t, &w);
-                        t
-                    },
-                    BatchSize::PerIteration,
-                )
-            });
+        if bench_host_is_heap() {
+            timed(&mut g, &fmt, &host, &w, &checked.sizes);
+        } else {
+            let direct = DirectHost::new(WINDOW_SIZE as usize, geo.min_table_size());
+            timed(&mut g, &fmt, &direct, &w, &checked.sizes);
+            debug_assert_eq!(direct.outstanding_tables(), 0);
         }
-        g.bench_function("teardown", |b| {
-            b.iter_batched(mapped, drop, BatchSize::PerIteration)
-        });
-        g.bench_function("host_alloc_free", |b| {
-            let mut scratch = Vec::new();
-            b.iter(|| workload::host_cycle(&host, &checked.sizes, &mut scratch))
-        });
         g.finish();
         debug_assert_eq!(host.outstanding_tables(), 0);
     }
+}
+
+/// Whether the timed part runs on the testing kit's heap host (`TDP_BENCH_HOST=heap`, for
+/// comparisons with runs made before the direct host existed) instead of the direct-map host.
+fn bench_host_is_heap() -> bool {
+    std::env::var("TDP_BENCH_HOST").is_ok_and(|v| v == "heap")
+}
+
+/// The host the timed part ran on, for the side file.
+fn bench_host_name() -> &'static str {
+    if bench_host_is_heap() {
+        "tdp-core testing HeapHost (warm: freed tables reused)"
+    } else {
+        "benches DirectHost (direct map, warm per-size free lists, like the peers' frame pool)"
+    }
+}
+
+/// The timed benchmarks of one group, on `host`.
+fn timed<F: PteFormat + Clone, H: Host>(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    fmt: &F,
+    host: &H,
+    w: &Workload,
+    sizes: &[(usize, u64)],
+) {
+    let w = *w;
+    let empty = || workload::empty(fmt, host);
+    let mapped = || {
+        let mut t = workload::empty(fmt, host);
+        workload::map_range(&mut t, &w);
+        t
+    };
+    g.bench_function("map_range", |b| {
+        b.iter_batched(
+            empty,
+            |mut t| {
+                workload::map_range(&mut t, &w);
+                t
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    g.bench_function("map_pages", |b| {
+        b.iter_batched(
+            empty,
+            |mut t| {
+                workload::map_pages(&mut t, &w);
+                t
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    g.bench_function("query", |b| {
+        let t = mapped();
+        b.iter(|| workload::query_all(&t, &w))
+    });
+    g.bench_function("walk", |b| {
+        let t = mapped();
+        b.iter(|| workload::walk_all(&t, &w))
+    });
+    g.bench_function("protect", |b| {
+        b.iter_batched(
+            mapped,
+            |mut t| {
+                workload::protect(&mut t, &w);
+                t
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    g.bench_function("unmap_range", |b| {
+        b.iter_batched(
+            mapped,
+            |mut t| {
+                workload::unmap_range(&mut t, &w);
+                t
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    g.bench_function("unmap_pages", |b| {
+        b.iter_batched(
+            mapped,
+            |mut t| {
+                workload::unmap_pages(&mut t, &w);
+                t
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    if w.splits() {
+        g.bench_function("split", |b| {
+            b.iter_batched(
+                || {
+                    let mut t = workload::empty(fmt, host);
+                    workload::map_top(&mut t, &w);
+                    t
+                },
+                |mut t| {
+                    workload::split(&mut t, &w);
+                    t
+                },
+                BatchSize::PerIteration,
+            )
+        });
+        g.bench_function("collapse", |b| {
+            b.iter_batched(
+                mapped,
+                |mut t| {
+                    workload::collapse(&mut t, &w);
+                    t
+                },
+                BatchSize::PerIteration,
+            )
+        });
+    }
+    g.bench_function("teardown", |b| {
+        b.iter_batched(mapped, drop, BatchSize::PerIteration)
+    });
+    g.bench_function("host_alloc_free", |b| {
+        let mut scratch = Vec::new();
+        b.iter(|| workload::host_cycle(host, sizes, &mut scratch))
+    });
 }
 
 /// Checks that one walk of the mapped range meets every leaf once, with the checksum of

@@ -8,14 +8,17 @@
 //! ```
 //!
 //! Arguments: the operation (`map`, `query`, `unmap`), the format (`ept-ad`, `arm64-4k`) and the
-//! leaf level of the workload (0: 4 KiB, 1: 2 MiB; default 0). Prints ns per call of one run.
+//! leaf level of the workload (0: 4 KiB, 1: 2 MiB; default 0). Prints ns per call of one run. The
+//! table memory is the benches' direct-map host, or with `TDP_BENCH_HOST=heap` the testing kit's
+//! heap host (as in `benches/explicit.rs`).
 
 use std::time::Instant;
 
 use tdp_arch_arm64::Granule;
-use tdp_benches::workload::{self, GIB};
+use tdp_benches::direct::DirectHost;
+use tdp_benches::workload::{self, GIB, WINDOW_SIZE};
 use tdp_benches::{formats, Workload};
-use tdp_core::PteFormat;
+use tdp_core::{Host, PteFormat};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -29,9 +32,17 @@ fn main() {
 }
 
 fn go<F: PteFormat + Clone>(fmt: &F, op: &str, level: usize) {
+    if std::env::var("TDP_BENCH_HOST").is_ok_and(|v| v == "heap") {
+        run(fmt, op, level, &workload::host(fmt));
+    } else {
+        let host = DirectHost::new(WINDOW_SIZE as usize, fmt.geometry().min_table_size());
+        run(fmt, op, level, &host);
+    }
+}
+
+fn run<F: PteFormat + Clone, H: Host>(fmt: &F, op: &str, level: usize, host: &H) {
     let w: Workload = Workload::all(fmt.geometry(), GIB)[level];
-    let host = workload::host(fmt);
-    let mut t = workload::empty(fmt, &host);
+    let mut t = workload::empty(fmt, host);
     if op != "map" {
         workload::map_range(&mut t, &w);
     }

@@ -9,10 +9,13 @@
 //! - [`workload`]: the operations, written once, generic over `F: PteFormat + Clone`, and the
 //!   checks that each operation really took effect;
 //! - [`pages`]: per-page map runs through the tree API (exclusive, shared, several threads);
+//! - [`direct`]: the direct-map host the timed explicit-API benchmarks run on (the table memory
+//!   the peers get);
 //! - [`floor`]: raw loops over entry words doing the least memory work each operation needs;
 //! - [`meta`]: where the results go and the side file (memory, layout, machine) that
 //!   `benches/report.py` joins with criterion's estimates.
 
+pub mod direct;
 pub mod floor;
 pub mod formats;
 pub mod meta;

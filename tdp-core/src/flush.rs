@@ -126,14 +126,19 @@ impl Pending {
         self.walk_caches = false;
     }
 
-    /// Flushes, then puts the detached tables into `cache` for reuse. Exclusive mode only: no
-    /// other software walker can hold them.
+    /// Flushes, then puts detached tables into `cache` up to `keep` per level and frees the rest.
+    /// Exclusive mode only: no other software walker can hold them.
     #[inline]
-    pub(crate) fn flush_into<H: Host + ?Sized>(&mut self, host: &H, cache: &mut TableCache) {
+    pub(crate) fn flush_keeping<H: Host + ?Sized>(
+        &mut self,
+        host: &H,
+        cache: &mut TableCache,
+        keep: &[u32; MAX_LEVELS],
+    ) {
         debug_assert!(!self.shared);
         self.flush_tlb(host);
         if self.detached.count > 0 {
-            self.detached.release_into(host, cache);
+            self.detached.release_keeping(host, cache, keep);
         }
     }
 

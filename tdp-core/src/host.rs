@@ -86,8 +86,9 @@ impl TableMeta {
         self.flags.load(Ordering::Relaxed) & 0xffff
     }
 
-    /// Resets the record for a table about to be (re)used.
-    pub(crate) fn reset(&self) {
+    /// Resets the record for a table about to be (re)used (as [`TableMeta::new`]); a host that
+    /// reuses its records calls it when it hands a table out.
+    pub fn reset(&self) {
         self.count.store(0, Ordering::Relaxed);
         self.flags.store(0, Ordering::Relaxed);
         self.link.store(0, Ordering::Relaxed);

@@ -206,14 +206,28 @@ impl Detached {
         self.count += 1;
     }
 
-    /// Moves every detached table into `cache`. Call only after the flush that covers them, and
-    /// only for tables no concurrent software walker can hold (exclusive mode).
-    pub(crate) fn release_into<H: Host + ?Sized>(&mut self, host: &H, cache: &mut TableCache) {
+    /// Moves detached tables into `cache` while it holds fewer than `keep` of their level and
+    /// gives the rest straight back to `host` (no round trip through the cache). Call only after
+    /// the flush that covers them, and only for tables no concurrent software walker can hold
+    /// (exclusive mode).
+    pub(crate) fn release_keeping<H: Host + ?Sized>(
+        &mut self,
+        host: &H,
+        cache: &mut TableCache,
+        keep: &[u32; MAX_LEVELS],
+    ) {
         while self.head != NIL {
-            let level = Level::from_index((self.head & 0xff) as usize);
+            let l = (self.head & 0xff) as usize % MAX_LEVELS;
             let pa = self.head & !0xff;
             self.head = meta(host, pa).link.load(Ordering::Relaxed);
-            cache.push(host, level, Hpa::new(pa));
+            if cache.len[l] < keep[l] {
+                cache.push(host, Level::from_index(l), Hpa::new(pa));
+            } else {
+                // SAFETY: detached tables came from `alloc_table(sizes[level])`, are reachable
+                // from no table, and the flush covering them has completed (caller); no other
+                // software walker can hold them (exclusive mode, caller).
+                unsafe { host.free_table(Hpa::new(pa), cache.sizes[l] as usize) };
+            }
         }
         self.count = 0;
     }

@@ -278,16 +278,16 @@ impl<F: PteFormat, H: Host> Table<F, H> {
         let r = f(&mut op);
         let delta = op.delta;
         self.tree.fold::<Exclusive>(&delta, 0);
-        if !self.pending.is_empty() {
-            self.pending
-                .flush_into(self.tree.host(), &mut self.ctx.cache);
-        }
         let keep = if r.is_err() {
             // Give back what a refused call reserved, so the host sees the memory it saw before.
             core::array::from_fn(|l| cached_before[l].min(self.keep[l]))
         } else {
             self.keep
         };
+        if !self.pending.is_empty() {
+            self.pending
+                .flush_keeping(self.tree.host(), &mut self.ctx.cache, &keep);
+        }
         self.ctx.cache.trim_to(self.tree.host(), &keep);
         r
     }
@@ -299,6 +299,7 @@ impl<F: PteFormat, H: Host> Table<F, H> {
     ///
     /// # Errors
     /// As [`Table::map_with`].
+    #[inline]
     pub fn map(&mut self, range: GpaRange, hpa: Hpa, attrs: Attrs) -> Result<(), Error> {
         self.map_with(range, hpa, attrs, MapOptions::default())
     }
@@ -318,6 +319,7 @@ impl<F: PteFormat, H: Host> Table<F, H> {
     /// - [`Error::UnsupportedAttrs`]: the format cannot encode `attrs`;
     /// - [`Error::AlreadyMapped`]: part of `range` is mapped (nothing is changed);
     /// - [`Error::OutOfMemory`]: the host ran out of table pages (nothing is changed).
+    #[inline]
     pub fn map_with(
         &mut self,
         range: GpaRange,
@@ -363,6 +365,7 @@ impl<F: PteFormat, H: Host> Table<F, H> {
     /// # Errors
     /// [`Error::UnalignedGpa`], [`Error::GpaTooWide`]; [`Error::OutOfMemory`] if a huge leaf cut
     /// by the range cannot be split (nothing is changed).
+    #[inline]
     pub fn unmap(&mut self, range: GpaRange) -> Result<(), Error> {
         // One leaf, not the last of its table: straight to its slot.
         let host = self.tree.host();
