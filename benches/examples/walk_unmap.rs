@@ -10,15 +10,19 @@
 //! ```
 //!
 //! Arguments: the operation (`walk`, `unmap`), the format (`ept-ad`, `arm64-4k`) and how many
-//! runs (default 1). Each run maps the range first (not collected). Prints ns per page.
+//! runs (default 1). Each run maps the range first (not collected). Prints ns per page. Tables
+//! come from the benches' direct-map host, as in the timed part of `benches/explicit.rs`.
 
 use std::time::Instant;
 
 use tdp_arch_arm64::Granule;
 use tdp_benches::workload::{self, GIB};
 use tdp_benches::{formats, Workload};
-use tdp_core::testing::HeapHost;
+use tdp_benches::direct::DirectHost;
 use tdp_core::{PteFormat, Table};
+
+/// The host of the timed explicit-API benchmarks.
+type BenchHost<'h> = &'h DirectHost;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -38,18 +42,18 @@ fn main() {
 }
 
 #[inline(never)]
-fn walk_once<F: PteFormat>(t: &Table<F, &HeapHost>, w: &Workload) -> (u64, u64) {
+fn walk_once<F: PteFormat>(t: &Table<F, BenchHost<'_>>, w: &Workload) -> (u64, u64) {
     workload::walk_all(t, w)
 }
 
 #[inline(never)]
-fn unmap_once<F: PteFormat>(t: &mut Table<F, &HeapHost>, w: &Workload) {
+fn unmap_once<F: PteFormat>(t: &mut Table<F, BenchHost<'_>>, w: &Workload) {
     workload::unmap_range(t, w);
 }
 
 fn go<F: PteFormat + Clone>(fmt: &F, walk: bool, runs: u32) {
     let w: Workload = Workload::all(fmt.geometry(), GIB)[0];
-    let host = workload::host(fmt);
+    let host = DirectHost::new(workload::WINDOW_SIZE as usize, fmt.geometry().min_table_size());
     for _ in 0..runs {
         let mut t = workload::empty(fmt, &host);
         workload::map_range(&mut t, &w);
