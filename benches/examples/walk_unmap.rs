@@ -16,9 +16,9 @@
 use std::time::Instant;
 
 use tdp_arch_arm64::Granule;
+use tdp_benches::direct::DirectHost;
 use tdp_benches::workload::{self, GIB};
 use tdp_benches::{formats, Workload};
-use tdp_benches::direct::DirectHost;
 use tdp_core::{PteFormat, Table};
 
 /// The host of the timed explicit-API benchmarks.
@@ -53,7 +53,10 @@ fn unmap_once<F: PteFormat>(t: &mut Table<F, BenchHost<'_>>, w: &Workload) {
 
 fn go<F: PteFormat + Clone>(fmt: &F, walk: bool, runs: u32) {
     let w: Workload = Workload::all(fmt.geometry(), GIB)[0];
-    let host = DirectHost::new(workload::WINDOW_SIZE as usize, fmt.geometry().min_table_size());
+    let host = DirectHost::new(
+        workload::WINDOW_SIZE as usize,
+        fmt.geometry().min_table_size(),
+    );
     for _ in 0..runs {
         let mut t = workload::empty(fmt, &host);
         workload::map_range(&mut t, &w);

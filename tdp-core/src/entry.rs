@@ -139,6 +139,41 @@ impl EntryPtr {
         self.atomic().store(to_mem(v, order), Ordering::Relaxed);
     }
 
+    /// Writes the `n` entries from this one with `first + i * step` (wrapping), with plain
+    /// stores the compiler may turn into a memset or vector stores (a fresh table is 512 scalar
+    /// atomic stores otherwise: most of the cost of a call that adds one table).
+    ///
+    /// # Safety
+    /// The `n` slots are inside one table page that no other agent reads or writes until the
+    /// caller publishes it (an unlinked table the caller owns).
+    #[inline(always)]
+    pub(crate) unsafe fn fill_unlinked(self, n: usize, first: u64, step: u64, order: ByteOrder) {
+        #[cfg(not(loom))]
+        {
+            // An `AtomicU64` has the size, alignment and bit validity of a `u64`, and the slots
+            // sit in the `UnsafeCell`s of a table nothing else accesses meanwhile, so plain
+            // writes through the raw pointer race with nothing.
+            let p = self.0.as_ptr().cast::<u64>();
+            if step == 0 {
+                // SAFETY: `n` slots inside the table (caller), aligned; nothing else reads or
+                // writes them while this exclusive slice lives (above).
+                unsafe { core::slice::from_raw_parts_mut(p, n) }.fill(to_mem(first, order));
+                return;
+            }
+            for i in 0..n {
+                let v = first.wrapping_add((i as u64).wrapping_mul(step));
+                // SAFETY: `i < n`: inside the table (caller); no concurrent access (above).
+                unsafe { p.add(i).write(to_mem(v, order)) };
+            }
+        }
+        #[cfg(loom)]
+        for i in 0..n {
+            let v = first.wrapping_add((i as u64).wrapping_mul(step));
+            // SAFETY: `i < n`: inside the table (caller).
+            unsafe { self.offset(i) }.store_relaxed(v, order);
+        }
+    }
+
     /// Compare-exchange: writes `new` if the entry still holds `old`; returns the value found.
     #[inline(always)]
     pub(crate) fn compare_exchange(

@@ -51,11 +51,10 @@ pub(crate) unsafe fn fill_table<F: PteFormat, H: Host + ?Sized>(
     level: Level,
 ) {
     let virt = host.phys_to_virt(pa);
-    let empty = fmt.empty(level);
-    for i in 0..fmt.geometry().entries(level) {
-        // SAFETY: `i` is below the table's entry count and the table is unreachable (caller).
-        unsafe { EntryPtr::new(virt, i) }.store_relaxed(empty, F::BYTE_ORDER);
-    }
+    let n = fmt.geometry().entries(level);
+    // SAFETY: slot 0 of an allocated table; its `n` entries are unreachable by anything else
+    // until the caller links the table (caller contract).
+    unsafe { EntryPtr::new(virt, 0).fill_unlinked(n, fmt.empty(level), 0, F::BYTE_ORDER) };
     // SAFETY: `pa` is allocated, so the host keeps its metadata valid.
     unsafe { host.meta(pa).as_ref() }.reset();
 }
@@ -353,6 +352,22 @@ pub(crate) unsafe fn fill_leaves<F: PteFormat>(
     attrs: &crate::format::Attrs,
     young_dirty: bool,
 ) {
+    let size = fmt.geometry().level_size(level);
+    let leaf0 = fmt.make_leaf(Hpa::new(hpa), level, attrs, young_dirty);
+    let last = (n.max(1) - 1) as u64;
+    let step = if n > 1 {
+        fmt.make_leaf(Hpa::new(hpa + size), level, attrs, young_dirty)
+            .wrapping_sub(leaf0)
+    } else {
+        0
+    };
+    let linear = fmt.make_leaf(Hpa::new(hpa + last * size), level, attrs, young_dirty)
+        == leaf0.wrapping_add(last.wrapping_mul(step));
+    if linear {
+        // SAFETY: the `n` slots are inside one unlinked table the caller owns.
+        unsafe { ptr.fill_unlinked(n, leaf0, step, F::BYTE_ORDER) };
+        return;
+    }
     // SAFETY: an unlinked table is exclusively ours: the exclusive writer's plain stores apply.
     let written = unsafe {
         write_leaves::<F, crate::mode::Exclusive>(fmt, ptr, n, level, hpa, attrs, young_dirty)

@@ -279,6 +279,11 @@ pub(crate) unsafe fn fill_split<F: PteFormat, H: Host>(
     let step = fmt.split_child(huge, level, 1).wrapping_sub(c0);
     let linear =
         fmt.split_child(huge, level, n - 1) == c0.wrapping_add(((n - 1) as u64).wrapping_mul(step));
+    if linear {
+        // SAFETY: slot 0 of `child`, an allocated table of `n` entries that is unlinked (caller).
+        unsafe { crate::entry::EntryPtr::new(virt, 0).fill_unlinked(n, c0, step, F::BYTE_ORDER) };
+        return;
+    }
     for i in 0..n {
         // SAFETY: `i` is below the entry count of the table the caller guarantees.
         let e = unsafe { crate::entry::EntryPtr::new(virt, i) };
