@@ -423,11 +423,21 @@ def markdown(groups, machine, rows, est, stale, duration, before=None, notes="",
       "**ns per page** is the median time of one operation divided by the number of leaves "
       "(for 2M/1G groups: per 2 MiB / 1 GiB leaf).")
     w("")
-    w("- **Table memory** for the engine comes from the testing kit's `HeapHost`, a warm pool "
-      "(freed tables are reused, no page faults after the first iteration); its bookkeeping is in "
-      "every time (`host_alloc_free` shows what the host alone costs for the tree's tables). "
-      "The peers get a warm frame pool of the benches (a vector push/pop per frame). Allocation "
-      "is included in every time, for the engine and the peers.")
+    w("- **Table memory** for the engine comes from the benches' direct-map host "
+      "(`benches/src/direct.rs`): one window allocated and touched up front, physical address = "
+      "virtual address, a warm last-in-first-out free list per table size, a 16-byte metadata "
+      "record per table in a side array, no TLB to flush. That is the shape of the peers' frame "
+      "pool (a vector push/pop per frame, physical = virtual, nothing flushed) and of a "
+      "hypervisor's own direct map. `host_alloc_free` shows what that host alone costs for the "
+      "tree's tables. Every workload's correctness checks run on the testing kit's `HeapHost` "
+      "(bounds-checked window, leak accounting) before timing; `TDP_BENCH_HOST=heap` times on it "
+      "too (the issue-18 before/after section below was measured that way, on both sides). "
+      "Allocation is included in every time, for the engine and the peers.")
+    w("- **Per-call rows** (map and unmap one leaf per call, query every page): the engine's "
+      "`query` row calls `Table::leaf` (the query whose attributes and A/D state are decoded only "
+      "when asked for; the row reads the address), `map`/`unmap` take the single-entry path "
+      "(`tdp-core/src/ops/single.rs`) and `Table` keeps its cursor on the last table reached "
+      "across calls, as ptm's cursor does.")
     w("- **Floor**: a raw loop over as many 8-byte words as the group has leaves, doing the least "
       "memory work the operation needs: plain store (map, split), plain load (query, collapse), "
       "plain and-not (write-protect: the workload presets A/D, KVM's policy, so no entry has bits "

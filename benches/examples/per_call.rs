@@ -7,7 +7,7 @@
 //!     target/release/examples/per_call unmap ept-ad
 //! ```
 //!
-//! Arguments: the operation (`map`, `query`, `unmap`), the format (`ept-ad`, `arm64-4k`) and the
+//! Arguments: the operation (`map`, `query`, `unmap`, `protect`: one range call), the format (`ept-ad`, `arm64-4k`) and the
 //! leaf level of the workload (0: 4 KiB, 1: 2 MiB; default 0). Prints ns per call of one run. The
 //! table memory is the benches' direct-map host, or with `TDP_BENCH_HOST=heap` the testing kit's
 //! heap host (as in `benches/explicit.rs`).
@@ -53,7 +53,8 @@ fn run<F: PteFormat + Clone, H: Host>(fmt: &F, op: &str, level: usize, host: &H)
             std::hint::black_box(workload::query_all(&t, &w));
         }
         "unmap" => workload::unmap_pages(&mut t, &w),
-        other => panic!("unknown operation {other}: map, query or unmap"),
+        "protect" => workload::protect(&mut t, &w),
+        other => panic!("unknown operation {other}: map, query, unmap or protect"),
     }
     let dt = t0.elapsed();
     println!(
