@@ -160,10 +160,13 @@ impl EntryPtr {
                 unsafe { core::slice::from_raw_parts_mut(p, n) }.fill(to_mem(first, order));
                 return;
             }
+            // An induction variable, not `first + i * step`: a vectorised 64-bit multiply has no
+            // SSE2 instruction and costs more than the scalar loop.
+            let mut v = first;
             for i in 0..n {
-                let v = first.wrapping_add((i as u64).wrapping_mul(step));
                 // SAFETY: `i < n`: inside the table (caller); no concurrent access (above).
                 unsafe { p.add(i).write(to_mem(v, order)) };
+                v = v.wrapping_add(step);
             }
         }
         #[cfg(loom)]
