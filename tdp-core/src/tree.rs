@@ -36,7 +36,7 @@ use crate::format::{Attrs, Perms, PteFormat};
 use crate::geometry::MAX_LEVELS;
 use crate::host::{Host, SharedHost, TableMeta};
 use crate::mode::{Exclusive, Mode, Shared};
-use crate::ops::single::{self, Cursor, LeafTemplate, OneLeaf, Unmapped};
+use crate::ops::single::{self, Cursor, LeafTemplate, Mapped, OneLeaf, Tables, Unmapped};
 use crate::ops::{self, Op};
 use crate::pool::TableCache;
 use crate::sync::{AtomicU64, Ordering};
@@ -344,16 +344,26 @@ impl<F: PteFormat, H: Host> Tree<F, H> {
             hpa,
             cmo: t.cmo(),
         };
+        let tables = Tables {
+            cache: &mut ctx.cache,
+            from_host: !M::SHARED,
+        };
         // SAFETY: `root` is this tree's live root built with `fmt` on `host`; `gpa` is within the
         // input width and `level` a leaf level of the geometry (`one_leaf_level`); no table is
         // freed meanwhile (exclusive: the caller holds the tree; shared: its read-side section);
         // `leaf` is the format's leaf for `hpa` (the `leaf_addr_bits` rule); a cursor names a live
         // table (only `Table` passes one, and it forgets it before anything else runs).
-        let done = unsafe { single::map_one::<F, H, M>(fmt, &self.host, self.root, one, cursor) };
-        if !done {
-            return None;
-        }
+        let added = match unsafe {
+            single::map_one::<F, H, M>(fmt, &self.host, self.root, one, cursor, tables)
+        } {
+            Mapped::Done(added) => added,
+            Mapped::Fallback => return None,
+            Mapped::OutOfMemory(size) => return Some(Err(Error::OutOfMemory { size })),
+        };
         self.add_leaves::<M>(ctx.shard, level, 1);
+        if added != [0; MAX_LEVELS] {
+            self.add_tables::<M>(ctx.shard, &added);
+        }
         if fmt.caches_empty_entries() {
             owe(gpa, range.size(), level);
         }
@@ -387,6 +397,14 @@ impl<F: PteFormat, H: Host> Tree<F, H> {
                 Some(Ok(()))
             }
             Unmapped::Fallback => None,
+        }
+    }
+
+    #[inline(never)]
+    fn add_tables<M: Mode>(&self, shard: u8, added: &[u8; MAX_LEVELS]) {
+        let s = &self.stats[shard as usize % STAT_SHARDS];
+        for (c, &n) in s.tables.iter().zip(added) {
+            TreeStats::add::<M>(c, i64::from(n));
         }
     }
 

@@ -314,6 +314,30 @@ pub(crate) unsafe fn install_leaf<F: PteFormat, M: Mode>(
     }
 }
 
+/// Links the unlinked, complete table chain `entry` into the empty slot `ptr` at `level` (a
+/// single-entry map that adds tables): a compare-exchange from the empty value in shared mode, a
+/// release store in exclusive mode, so that a walker (hardware included) that sees the entry sees
+/// the tables' contents. Returns false, nothing changed, if another updater filled or froze the
+/// slot first (shared mode). The caller updates the table's count.
+///
+/// # Safety
+/// `ptr` is a slot of a live table of `level`; in exclusive mode it holds the empty value.
+#[inline(always)]
+pub(crate) unsafe fn link_table<F: PteFormat, M: Mode>(
+    fmt: &F,
+    ptr: EntryPtr,
+    level: Level,
+    entry: u64,
+) -> bool {
+    if M::SHARED {
+        ptr.compare_exchange(fmt.empty(level), entry, F::BYTE_ORDER)
+            .is_ok()
+    } else {
+        ptr.store(entry, F::BYTE_ORDER);
+        true
+    }
+}
+
 /// Makes the slot `ptr` at `level`, which held the leaf `old` when it was read, empty (a
 /// single-entry unmap): a compare-exchange against `old` in shared mode (false, nothing changed,
 /// if it changed meanwhile), a plain store in exclusive mode, as [`zap_run`] does (the leaf is

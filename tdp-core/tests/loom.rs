@@ -470,6 +470,50 @@ fn m1b_two_mappers_of_one_page_new_table() {
     model("1b two mappers, new table", || two_mappers(&[], 1));
 }
 
+/// A fault's shape: the reserve topped up with one level-0 table before the (shared) map, so the
+/// single-entry path builds the missing table itself and publishes it with one compare-exchange.
+fn topped_map_op(gpa: u64, size: u64, hpa: u64) -> SharedFn {
+    Box::new(move |s, ctx, f| {
+        ctx.topup(s.tree().host(), [1, 0, 0, 0, 0]).unwrap();
+        s.map(
+            ctx,
+            f,
+            range(gpa, size),
+            Hpa::new(hpa),
+            Attrs::normal(Perms::RW),
+            MapOptions::default(),
+        )
+    })
+}
+
+// Model 1c: no level-0 table yet, both mappers have a topped-up reserve (the page fault's shape),
+// so both take the single-entry path and build the table with the leaf in it unlinked; one
+// compare-exchange of the root entry wins, the loser gives its table back to its reserve and the
+// general path finds the winner's leaf (`AlreadyMapped`).
+// Mutation: `link_table` in shared mode with the exclusive-style release store instead of the
+// compare-exchange from empty. Loom: "two mappers of one page: [Ok(Done), Ok(Done)]" (the second
+// chain replaces the first: one table and its leaf lost from the tree while counted).
+#[test]
+fn m1c_two_faulting_mappers_build_one_table() {
+    model("1c two mappers, tables from the reserve", || {
+        let w = World::new(format(false, false), 4, &[]);
+        let hpa = [OUT, OUT + 0x10_0000];
+        let a = w.run(topped_map_op(0, PAGE, hpa[0]));
+        let b = w.run(topped_map_op(0, PAGE, hpa[1]));
+        let r = [a.join().unwrap(), b.join().unwrap()];
+        let lost = Err(Error::AlreadyMapped { gpa: Gpa::new(0) });
+        let winner = match r {
+            [DONE, l] if l == lost => 0,
+            [l, DONE] if l == lost => 1,
+            _ => panic!("two mappers of one page: {r:?}; {:?}", w.tree.stats()),
+        };
+        assert_eq!(w.query(0).unwrap().hpa, Hpa::new(hpa[winner]));
+        let c = w.check();
+        assert_eq!(c.leaves[0], 1);
+        assert_eq!(c.tables[0], 1);
+    });
+}
+
 // ---------------------------------------------------------------------------------------------
 // Model 2: install vs sub-table removal.
 

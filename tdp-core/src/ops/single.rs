@@ -16,10 +16,11 @@
 use crate::addr::{GpaRange, Hpa, Level};
 use crate::entry::EntryPtr;
 use crate::format::{Attrs, Cmo, EntryKind, PteFormat};
-use crate::geometry::Geometry;
+use crate::geometry::{Geometry, MAX_LEVELS};
 use crate::host::Host;
 use crate::mode::Mode;
-use crate::update::{count_add, install_leaf, zap_leaf};
+use crate::pool::TableCache;
+use crate::update::{count_add, install_leaf, link_table, zap_leaf};
 
 /// Attributes validated and encoded once: a leaf at `level` for `hpa` is
 /// `raw | fmt.leaf_addr_bits(hpa, level)`. Kept by each caller's context, so a run of calls
@@ -116,11 +117,21 @@ pub(crate) fn one_leaf_level(
 }
 
 /// The leaf level whose entries map exactly `size` bytes, if any.
-#[inline(never)]
+#[inline(always)]
 fn leaf_level_of_size(geo: &Geometry, size: u64) -> Option<Level> {
-    (1..geo.levels() as usize)
-        .map(Level::from_index)
-        .find(|&l| geo.is_leaf_level(l) && geo.level_size(l) == size)
+    if !size.is_power_of_two() {
+        return None;
+    }
+    let bits = size.trailing_zeros();
+    let mut l = 1;
+    while l < geo.levels() as usize {
+        let level = Level::from_index(l);
+        if geo.shift(level) == bits {
+            return geo.is_leaf_level(level).then_some(level);
+        }
+        l += 1;
+    }
+    None
 }
 
 /// The level of the one entry an unmap of `range` would remove if a leaf of that level maps it:
@@ -176,9 +187,19 @@ fn span_shift(geo: &Geometry, level: Level) -> u32 {
     geo.shift(level) + geo.index_bits(level)
 }
 
+/// Where a walk towards a slot stopped above its level: the entry (`ptr`, in the live table `pa`
+/// at `level`) and what it holds.
+#[derive(Copy, Clone, Debug)]
+pub(crate) struct Stopped {
+    pub(crate) kind: EntryKind,
+    ptr: EntryPtr,
+    pa: Hpa,
+    level: Level,
+}
+
 /// The slot at `level` for `gpa` and its table's physical address, walking only through tables
 /// (or starting at the cursor's table when it spans `gpa` at `level`, and leaving the cursor at
-/// the table reached); `Err(kind)` with what stopped the walk above `level` otherwise.
+/// the table reached); `Err` with where the walk stopped above `level` otherwise.
 ///
 /// # Safety
 /// `root` is the live root of a tree built with `fmt` on `host`, `gpa` is within the input
@@ -193,7 +214,7 @@ unsafe fn slot_at<F: PteFormat, H: Host, M: Mode>(
     gpa: u64,
     level: Level,
     cursor: Option<&mut Cursor>,
-) -> Result<(EntryPtr, Hpa), EntryKind> {
+) -> Result<(EntryPtr, Hpa), Stopped> {
     let geo = fmt.geometry();
     if let Some(c) = &cursor {
         if c.table != Hpa::new(0) && c.level == level && c.tag == gpa >> span_shift(geo, level) {
@@ -225,7 +246,12 @@ unsafe fn slot_at<F: PteFormat, H: Host, M: Mode>(
         let raw = ptr.load_for(M::SHARED, F::BYTE_ORDER);
         let kind = fmt.classify(raw, l);
         if kind != EntryKind::Table {
-            return Err(kind);
+            return Err(Stopped {
+                kind,
+                ptr,
+                pa,
+                level: l,
+            });
         }
         pa = fmt.table_addr(raw, l);
         l = Level::from_index(l.index() - 1);
@@ -243,9 +269,33 @@ pub(crate) struct OneLeaf {
     pub(crate) cmo: Cmo,
 }
 
-/// Maps `leaf` if every table down to its level exists and the slot is empty. Returns whether
-/// it did; when it did not, nothing changed. Cache maintenance for the page is done before the
-/// leaf becomes valid.
+/// Where the tables a single-entry map adds come from: the caller's reserve, and (exclusive mode)
+/// the host when the reserve has none of a level. Shared mode takes only from the reserve, which
+/// the caller tops up before it takes its lock (nothing is allocated under it).
+pub(crate) struct Tables<'a> {
+    pub(crate) cache: &'a mut TableCache,
+    pub(crate) from_host: bool,
+}
+
+/// What [`map_one`] did.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Mapped {
+    /// The leaf is in, with this many tables added (by level) on the way.
+    Done([u8; MAX_LEVELS]),
+    /// Nothing changed: the general path must run.
+    Fallback,
+    /// The host had no table of this size (exclusive mode): nothing changed, and the call fails
+    /// as the general path would.
+    OutOfMemory(usize),
+}
+
+/// Maps `leaf` if its slot is empty. Tables missing on the way (an empty entry above the leaf's
+/// level) are taken from `tables` all at once, filled, linked to each other and given the leaf
+/// while no walker can reach them, and then published with one write of the empty entry (a
+/// compare-exchange in shared mode), so the chain appears whole or not at all. Anything else
+/// (an occupied or frozen slot, a huge leaf on the way, a table short, a lost race, a format
+/// that caches empty entries) changes nothing and asks for the general path. Cache maintenance
+/// for the page is done before the leaf becomes reachable.
 ///
 /// # Safety
 /// As [`slot_at`] for `leaf.gpa` and `leaf.level`; `leaf.raw` is a valid leaf of that level.
@@ -256,7 +306,8 @@ pub(crate) unsafe fn map_one<F: PteFormat, H: Host, M: Mode>(
     root: Hpa,
     leaf: OneLeaf,
     cursor: Option<&mut Cursor>,
-) -> bool {
+    tables: Tables<'_>,
+) -> Mapped {
     let OneLeaf {
         gpa,
         level,
@@ -265,13 +316,31 @@ pub(crate) unsafe fn map_one<F: PteFormat, H: Host, M: Mode>(
         cmo,
     } = leaf;
     // SAFETY: the caller's contract.
-    let Ok((slot, table)) = (unsafe { slot_at::<F, H, M>(fmt, host, root, gpa, level, cursor) })
-    else {
-        return false;
+    let (slot, table) = match unsafe { slot_at::<F, H, M>(fmt, host, root, gpa, level, cursor) } {
+        Ok(s) => s,
+        Err(stop) if stop.kind == EntryKind::Empty && !fmt.caches_empty_entries() => {
+            // SAFETY: `stop` is an entry of a live table of this tree (from the walk).
+            return unsafe {
+                build_and_map::<F, H, M>(fmt, host, stop, leaf, tables, (gpa, hpa, cmo), level)
+            };
+        }
+        Err(_) => return Mapped::Fallback,
     };
     if slot.load_for(M::SHARED, F::BYTE_ORDER) != fmt.empty(level) {
-        return false;
+        return Mapped::Fallback;
     }
+    cache_maintenance(host, fmt, hpa, level, cmo);
+    // SAFETY: `slot` is a slot of the live table `table` at `level`.
+    if !unsafe { install_leaf::<F, M>(fmt, slot, level, leaf) } {
+        return Mapped::Fallback; // shared mode: another updater filled or froze it first
+    }
+    // SAFETY: `table` is a live table of this tree (Host contract for `meta`).
+    count_add::<M>(unsafe { host.meta(table).as_ref() }, 1);
+    Mapped::Done([0; MAX_LEVELS])
+}
+
+#[inline(always)]
+fn cache_maintenance<F: PteFormat, H: Host>(host: &H, fmt: &F, hpa: Hpa, level: Level, cmo: Cmo) {
     if !cmo.is_empty() {
         let size = fmt.geometry().level_size(level);
         if cmo.contains(Cmo::CLEAN_DCACHE) {
@@ -281,13 +350,106 @@ pub(crate) unsafe fn map_one<F: PteFormat, H: Host, M: Mode>(
             host.invalidate_icache(hpa, size);
         }
     }
-    // SAFETY: `slot` is a slot of the live table `table` at `level`.
-    if !unsafe { install_leaf::<F, M>(fmt, slot, level, leaf) } {
-        return false; // shared mode: another updater filled or froze it first
+}
+
+/// The tables from `stop.level - 1` down to `level` for `gpa`, built unlinked with `leaf` in its
+/// slot, then published at `stop`. See [`map_one`].
+///
+/// # Safety
+/// `stop` is an entry of a live table of this tree (read empty by the walk); as [`map_one`].
+#[inline(never)]
+unsafe fn build_and_map<F: PteFormat, H: Host, M: Mode>(
+    fmt: &F,
+    host: &H,
+    stop: Stopped,
+    leaf: u64,
+    tables: Tables<'_>,
+    (gpa, hpa, cmo): (u64, Hpa, Cmo),
+    level: Level,
+) -> Mapped {
+    let geo = fmt.geometry();
+    let top = stop.level.index(); // the empty entry's level: tables of levels level..top go in
+                                  // Take every table first, so that a shortage changes nothing.
+    let mut got = [(Hpa::new(0), false); MAX_LEVELS]; // (table, from the host)
+    for k in level.index()..top {
+        let l = Level::from_index(k);
+        got[k] = match tables.cache.pop(host, l) {
+            Some(pa) => (pa, false),
+            None if tables.from_host => match host.alloc_table(geo.table_size(l)) {
+                Some(pa) => {
+                    // SAFETY: `pa` was just allocated: its metadata is valid (Host contract).
+                    unsafe { host.meta(pa).as_ref() }.reset();
+                    (pa, true)
+                }
+                None => {
+                    give_back(host, geo, tables.cache, &got, level.index(), k);
+                    return Mapped::OutOfMemory(geo.table_size(l));
+                }
+            },
+            None => {
+                give_back(host, geo, tables.cache, &got, level.index(), k);
+                return Mapped::Fallback;
+            }
+        };
     }
-    // SAFETY: `table` is a live table of this tree (Host contract for `meta`).
-    count_add::<M>(unsafe { host.meta(table).as_ref() }, 1);
-    true
+    // Build bottom-up while nothing can reach the tables: plain stores, counts of one.
+    for k in level.index()..top {
+        let l = Level::from_index(k);
+        let (pa, _) = got[k];
+        // SAFETY: `pa` is an allocated table of level `l`, unreachable (taken above).
+        unsafe { crate::update::fill_table(fmt, host, pa, l) };
+        let entry = if k == level.index() {
+            leaf
+        } else {
+            fmt.make_table(got[k - 1].0, l)
+        };
+        // SAFETY: the index is below the table's entry count; the table is unreachable.
+        unsafe { EntryPtr::new(host.phys_to_virt(pa), geo.index(gpa, l)) }
+            .store_relaxed(entry, F::BYTE_ORDER);
+        // SAFETY: `pa` is allocated (Host contract for `meta`).
+        unsafe { host.meta(pa).as_ref() }
+            .count
+            .store(1, crate::sync::Ordering::Relaxed);
+    }
+    cache_maintenance(host, fmt, hpa, level, cmo);
+    let link = fmt.make_table(got[top - 1].0, stop.level);
+    // SAFETY: `stop.ptr` is an entry of the live table `stop.pa` at `stop.level` (caller), read
+    // empty; the chain below `link` is complete, so publishing it (release store or
+    // compare-exchange) makes it visible whole.
+    if !unsafe { link_table::<F, M>(fmt, stop.ptr, stop.level, link) } {
+        give_back(host, geo, tables.cache, &got, level.index(), top);
+        return Mapped::Fallback;
+    }
+    // SAFETY: `stop.pa` is a live table of this tree (Host contract for `meta`).
+    count_add::<M>(unsafe { host.meta(stop.pa).as_ref() }, 1);
+    let mut added = [0u8; MAX_LEVELS];
+    for a in added.iter_mut().take(top).skip(level.index()) {
+        *a = 1;
+    }
+    Mapped::Done(added)
+}
+
+/// Returns the tables `got[from..to]` taken by a map that changed nothing: reserve tables to the
+/// reserve, host tables to the host.
+#[inline(never)]
+fn give_back<H: Host>(
+    host: &H,
+    geo: &Geometry,
+    cache: &mut TableCache,
+    got: &[(Hpa, bool); MAX_LEVELS],
+    from: usize,
+    to: usize,
+) {
+    for (k, &(pa, from_host)) in got.iter().enumerate().take(to).skip(from) {
+        let l = Level::from_index(k);
+        if from_host {
+            // SAFETY: `pa` came from `alloc_table` of this level's size and was never linked, so
+            // nothing references it and no TLB can cache it.
+            unsafe { host.free_table(pa, geo.table_size(l)) };
+        } else {
+            cache.push(host, l, pa);
+        }
+    }
 }
 
 /// What [`unmap_one`] found.
@@ -319,7 +481,10 @@ pub(crate) unsafe fn unmap_one<F: PteFormat, H: Host, M: Mode>(
     // SAFETY: the caller's contract.
     let (slot, table) = match unsafe { slot_at::<F, H, M>(fmt, host, root, gpa, level, cursor) } {
         Ok(s) => s,
-        Err(EntryKind::Empty) => return Unmapped::Hole,
+        Err(Stopped {
+            kind: EntryKind::Empty,
+            ..
+        }) => return Unmapped::Hole,
         Err(_) => return Unmapped::Fallback,
     };
     let old = slot.load_for(M::SHARED, F::BYTE_ORDER);
