@@ -361,8 +361,8 @@ impl<F: PteFormat, H: Host> Tree<F, H> {
             Mapped::OutOfMemory(size) => return Some(Err(Error::OutOfMemory { size })),
         };
         self.add_leaves::<M>(ctx.shard, level, 1);
-        if added != [0; MAX_LEVELS] {
-            self.add_tables::<M>(ctx.shard, &added);
+        if added != 0 {
+            self.add_tables::<M>(ctx.shard, added);
         }
         if fmt.caches_empty_entries() {
             owe(gpa, range.size(), level);
@@ -401,10 +401,10 @@ impl<F: PteFormat, H: Host> Tree<F, H> {
     }
 
     #[inline(never)]
-    fn add_tables<M: Mode>(&self, shard: u8, added: &[u8; MAX_LEVELS]) {
+    fn add_tables<M: Mode>(&self, shard: u8, added: u8) {
         let s = &self.stats[shard as usize % STAT_SHARDS];
-        for (c, &n) in s.tables.iter().zip(added) {
-            TreeStats::add::<M>(c, i64::from(n));
+        for (l, c) in s.tables.iter().enumerate() {
+            TreeStats::add::<M>(c, i64::from(added >> l & 1));
         }
     }
 

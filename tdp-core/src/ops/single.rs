@@ -280,8 +280,8 @@ pub(crate) struct Tables<'a> {
 /// What [`map_one`] did.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Mapped {
-    /// The leaf is in, with this many tables added (by level) on the way.
-    Done([u8; MAX_LEVELS]),
+    /// The leaf is in; bit `k` set: a table of level `k` was added on the way (one per level).
+    Done(u8),
     /// Nothing changed: the general path must run.
     Fallback,
     /// The host had no table of this size (exclusive mode): nothing changed, and the call fails
@@ -336,7 +336,7 @@ pub(crate) unsafe fn map_one<F: PteFormat, H: Host, M: Mode>(
     }
     // SAFETY: `table` is a live table of this tree (Host contract for `meta`).
     count_add::<M>(unsafe { host.meta(table).as_ref() }, 1);
-    Mapped::Done([0; MAX_LEVELS])
+    Mapped::Done(0)
 }
 
 #[inline(always)]
@@ -422,11 +422,8 @@ unsafe fn build_and_map<F: PteFormat, H: Host, M: Mode>(
     }
     // SAFETY: `stop.pa` is a live table of this tree (Host contract for `meta`).
     count_add::<M>(unsafe { host.meta(stop.pa).as_ref() }, 1);
-    let mut added = [0u8; MAX_LEVELS];
-    for a in added.iter_mut().take(top).skip(level.index()) {
-        *a = 1;
-    }
-    Mapped::Done(added)
+    // Levels `level..top`, one table each.
+    Mapped::Done(((1u32 << top) - (1u32 << level.index())) as u8)
 }
 
 /// Returns the tables `got[from..to]` taken by a map that changed nothing: reserve tables to the
