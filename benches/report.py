@@ -595,16 +595,19 @@ def main():
     ap.add_argument("--md", default=os.path.join(ROOT, "BENCHMARKS.md"))
     ap.add_argument("--csv", default=os.path.join(ROOT, "benchmarks.csv"))
     ap.add_argument("--duration", default="", help="wall time of the run, for the record")
-    ap.add_argument("--before", default=os.path.join(ROOT, "benches", "results", "before-hotspots.csv"),
-                    help="an earlier benchmarks.csv to compare with (skipped if missing)")
+    ap.add_argument("--before", default="",
+                    help="an earlier benchmarks.csv (same host) to compare with, e.g. "
+                         "benches/results/before-hotspots.csv (issue 14's run); skipped if empty")
     ap.add_argument("--notes", default=os.path.join(ROOT, "benches", "results", "hotspots.md"),
                     help="text describing the engine changes between the runs (skipped if missing)")
+    ap.add_argument("--extra", default=os.path.join(ROOT, "benches", "results", "issue18-before-after.md"),
+                    help="a markdown section appended as is (skipped if missing)")
     ap.add_argument("--shared-only", action="store_true",
                     help="print the shared-mode section (benches/benches/shared.rs) to stdout "
                          "and write nothing")
     args = ap.parse_args()
     before = {}
-    if os.path.exists(args.before):
+    if args.before and os.path.exists(args.before):
         with open(args.before, newline="", encoding="utf-8") as f:
             for r in csv.DictReader(f):
                 if r["kind"] == "tdp":
@@ -627,9 +630,13 @@ def main():
     if not rows:
         sys.exit("no results of this run found")
     write_csv(rows + build_shared_rows(groups, est), args.csv)
+    extra = ""
+    if args.extra and os.path.exists(args.extra):
+        with open(args.extra, encoding="utf-8") as f:
+            extra = "\n" + f.read()
     with open(args.md, "w", encoding="utf-8") as f:
         f.write(markdown(groups, machine, rows, est, stale, args.duration, before, notes,
-                         shared_run))
+                         shared_run) + extra)
     print(f"wrote {args.md} and {args.csv}: {len(rows)} results"
           + (f", {len(stale)} stale ignored" if stale else ""))
 
