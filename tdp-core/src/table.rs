@@ -417,6 +417,24 @@ impl<F: PteFormat, H: Host> Table<F, H> {
     /// Translates `gpa` to the host address and the leaf's level, decoding nothing else (the
     /// cheapest lookup: one walk from the root, one classification per entry).
     ///
+    /// ```
+    /// # #[cfg(feature = "testing")] {
+    /// use tdp_core::testing::{HeapHost, TestFormat};
+    /// use tdp_core::{Attrs, Gpa, GpaRange, Hpa, Perms, Table};
+    ///
+    /// let host = HeapHost::new(0x8000_0000, 1 << 20, 4096);
+    /// let mut table = Table::new(TestFormat::four_level(), &host).unwrap();
+    /// let page = GpaRange::new(Gpa::new(0x5000), 0x1000).unwrap();
+    /// table.map(page, Hpa::new(0x4000_9000), Attrs::normal(Perms::READ)).unwrap();
+    /// let t = table.translate(Gpa::new(0x5abc)).unwrap().unwrap();
+    /// assert_eq!((t.hpa, t.level.get()), (Hpa::new(0x4000_9abc), 0));
+    /// // The lazy form decodes attributes only when asked.
+    /// let leaf = table.leaf(Gpa::new(0x5abc)).unwrap().unwrap();
+    /// assert_eq!(leaf.attrs().perms, Perms::READ);
+    /// assert!(table.translate(Gpa::new(0x6000)).unwrap().is_none());
+    /// # }
+    /// ```
+    ///
     /// # Errors
     /// [`Error::GpaTooWide`] if `gpa` is beyond the input width.
     #[inline]
