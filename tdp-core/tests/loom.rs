@@ -421,11 +421,16 @@ fn assert_identity(w: &World, c: &Census, level: Level, perms: Perms) {
 /// Exactly one succeeds, the other gets `AlreadyMapped` (nothing freezes here, so never `Retry`);
 /// the page maps the winner's host page; counts are exact and nothing leaks (the loser's table
 /// goes back to its reserve).
-fn two_mappers(setup: &[(u64, u64, u64, MapOptions)], leaves: u64) {
+/// A map of page 0 to `hpa` with an empty reserve (the general path builds any table).
+fn one_page_map(hpa: u64) -> SharedFn {
+    map_op(0, PAGE, hpa, MapOptions::default())
+}
+
+fn two_mappers(setup: &[(u64, u64, u64, MapOptions)], leaves: u64, mapper: fn(u64) -> SharedFn) {
     let w = World::new(format(false, false), 4, setup);
     let hpa = [OUT, OUT + 0x10_0000];
-    let a = w.run(map_op(0, PAGE, hpa[0], MapOptions::default()));
-    let b = w.run(map_op(0, PAGE, hpa[1], MapOptions::default()));
+    let a = w.run(mapper(hpa[0]));
+    let b = w.run(mapper(hpa[1]));
     let r = [a.join().unwrap(), b.join().unwrap()];
     let lost = Err(Error::AlreadyMapped { gpa: Gpa::new(0) });
     let winner = match r {
@@ -448,7 +453,11 @@ fn two_mappers(setup: &[(u64, u64, u64, MapOptions)], leaves: u64) {
 #[test]
 fn m1a_two_mappers_of_one_page_fast_path() {
     model("1a two mappers, fast path", || {
-        two_mappers(&[(PAGE, PAGE, OUT + PAGE, opts(true, None))], 2)
+        two_mappers(
+            &[(PAGE, PAGE, OUT + PAGE, opts(true, None))],
+            2,
+            one_page_map,
+        )
     });
 }
 
@@ -467,7 +476,9 @@ fn m1a_two_mappers_of_one_page_fast_path() {
 // Bound 2: 238 iterations, 0.3 s; bound 3: 736 iterations, 0.5 s.
 #[test]
 fn m1b_two_mappers_of_one_page_new_table() {
-    model("1b two mappers, new table", || two_mappers(&[], 1));
+    model("1b two mappers, new table", || {
+        two_mappers(&[], 1, one_page_map)
+    });
 }
 
 /// A fault's shape: the reserve topped up with one level-0 table before the (shared) map, so the
@@ -496,21 +507,7 @@ fn topped_map_op(gpa: u64, size: u64, hpa: u64) -> SharedFn {
 #[test]
 fn m1c_two_faulting_mappers_build_one_table() {
     model("1c two mappers, tables from the reserve", || {
-        let w = World::new(format(false, false), 4, &[]);
-        let hpa = [OUT, OUT + 0x10_0000];
-        let a = w.run(topped_map_op(0, PAGE, hpa[0]));
-        let b = w.run(topped_map_op(0, PAGE, hpa[1]));
-        let r = [a.join().unwrap(), b.join().unwrap()];
-        let lost = Err(Error::AlreadyMapped { gpa: Gpa::new(0) });
-        let winner = match r {
-            [DONE, l] if l == lost => 0,
-            [l, DONE] if l == lost => 1,
-            _ => panic!("two mappers of one page: {r:?}; {:?}", w.tree.stats()),
-        };
-        assert_eq!(w.query(0).unwrap().hpa, Hpa::new(hpa[winner]));
-        let c = w.check();
-        assert_eq!(c.leaves[0], 1);
-        assert_eq!(c.tables[0], 1);
+        two_mappers(&[], 1, |hpa| topped_map_op(0, PAGE, hpa))
     });
 }
 
