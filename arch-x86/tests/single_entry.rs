@@ -299,3 +299,119 @@ fn translate_and_the_lazy_leaf_agree_with_the_walker_at_every_level() {
         Err(Error::GpaTooWide { .. })
     ));
 }
+
+#[test]
+fn unmapping_the_last_page_of_a_table_flushes_its_span_with_the_walk_caches_before_reuse() {
+    use tdp_core::testing::HostEvent;
+    use tdp_core::TlbFlush;
+    let heap = HeapHost::new(WINDOW_BASE, 8 << 20, 4096);
+    let mut t = Table::new(ept(), &heap).unwrap();
+    // Two pages in one leaf table, alone under their PML4 entry: the last unmap empties the leaf
+    // table, its directory and its PDPT.
+    let gpa = 0x80_0000_0000u64 + 0x4000_0000 + 0x20_0000;
+    for i in 0..2u64 {
+        t.map_with(
+            range(gpa + (i << 12), 0x1000),
+            Hpa::new(HOST_RAM + (i << 12)),
+            rw(),
+            pages_only(),
+        )
+        .unwrap();
+    }
+    let tables = t.stats().tables;
+    assert_eq!(&tables[..4], &[1, 1, 1, 1], "{tables:?}");
+    t.set_cache_keep(0); // every freed table goes back to the host, where the events show it
+    heap.set_recording(true);
+    t.unmap(range(gpa, 0x1000)).unwrap();
+    let first = heap.take_events();
+    assert!(
+        !first.iter().any(|e| matches!(e, HostEvent::Free(..))),
+        "{first:?}"
+    );
+    t.unmap(range(gpa + 0x1000, 0x1000)).unwrap();
+    let events = heap.take_events();
+    let flush_at = events
+        .iter()
+        .position(|e| matches!(e, HostEvent::Flush(_)))
+        .expect("a flush");
+    let HostEvent::Flush(TlbFlush::Range {
+        start,
+        size,
+        tables: walk_caches,
+        ..
+    }) = events[flush_at]
+    else {
+        panic!("a range flush: {events:?}");
+    };
+    // The highest table removed is the PDPT: its span is the 512 GiB of the PML4 entry.
+    let span = 1u64 << 39;
+    assert!(walk_caches, "table entries were removed: {events:?}");
+    assert!(
+        start.raw() <= gpa & !(span - 1) && start.raw() + size >= (gpa & !(span - 1)) + span,
+        "the flush covers the removed PDPT's span: {events:?}"
+    );
+    let frees: Vec<usize> = events
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| matches!(e, HostEvent::Free(..)))
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(frees.len(), 3, "leaf table, directory, PDPT: {events:?}");
+    assert!(
+        frees.iter().all(|&i| i > flush_at),
+        "freed before the flush: {events:?}"
+    );
+    let s = t.stats();
+    assert_eq!((s.total_leaves(), s.total_tables()), (0, 1), "{s:?}");
+    assert_eq!(walk(&heap, &t, gpa + 0x1000), None);
+    drop(t);
+    assert_eq!(heap.outstanding_tables(), 0, "a table leaked");
+}
+
+#[test]
+fn the_cursor_forgets_a_table_a_single_page_unmap_freed() {
+    let heap = HeapHost::new(WINDOW_BASE, 8 << 20, 4096);
+    let mut t = Table::new(ept(), &heap).unwrap();
+    let a = 0x20_0000u64; // one leaf table's span
+    let b = 0x80_0000u64; // another's, in the same directory
+    t.map_with(range(b, 0x1000), Hpa::new(HOST_RAM), rw(), pages_only())
+        .unwrap();
+    t.map_with(
+        range(a, 0x1000),
+        Hpa::new(HOST_RAM + 0x1000),
+        rw(),
+        pages_only(),
+    )
+    .unwrap();
+    // The last page of a's table: the table goes to the reserve (the cursor named it).
+    t.unmap(range(a, 0x1000)).unwrap();
+    // b's neighbour needs a leaf table in a third span: it takes a's old table from the reserve.
+    let c = 0xa0_0000u64;
+    t.map_with(
+        range(c, 0x1000),
+        Hpa::new(HOST_RAM + 0x2000),
+        rw(),
+        pages_only(),
+    )
+    .unwrap();
+    // A map back in a's span must build a table for it, not write through the remembered one.
+    t.map_with(
+        range(a + 0x1000, 0x1000),
+        Hpa::new(HOST_RAM + 0x3000),
+        rw(),
+        pages_only(),
+    )
+    .unwrap();
+    assert_eq!(walk(&heap, &t, a + 0x1000), Some(HOST_RAM + 0x3000));
+    assert_eq!(walk(&heap, &t, c), Some(HOST_RAM + 0x2000));
+    assert_eq!(
+        walk(&heap, &t, c + 0x1000),
+        None,
+        "a map of a's page landed in c's table"
+    );
+    assert_eq!(walk(&heap, &t, b), Some(HOST_RAM));
+    assert_eq!(t.stats().leaves[0], 3);
+    assert_eq!(t.stats().tables[0], 3);
+    drop(t);
+    assert_eq!(heap.outstanding_tables(), 0);
+}

@@ -154,6 +154,14 @@ impl EntryPtr {
             // sit in the `UnsafeCell`s of a table nothing else accesses meanwhile, so plain
             // writes through the raw pointer race with nothing.
             let p = self.0.as_ptr().cast::<u64>();
+            if step == 0 && first == 0 {
+                // Most formats' empty value: a memset (the platform's, wider than the
+                // vectorised loop below).
+                // SAFETY: `n` slots inside the table (caller), aligned; nothing else reads or
+                // writes them meanwhile (above).
+                unsafe { p.write_bytes(0, n) };
+                return;
+            }
             if step == 0 {
                 // SAFETY: `n` slots inside the table (caller), aligned; nothing else reads or
                 // writes them while this exclusive slice lives (above).

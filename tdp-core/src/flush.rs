@@ -210,7 +210,7 @@ pub(crate) fn retire_via<H: SharedHost>(host: &H, tables: RetiredTables) {
 /// ```
 #[must_use = "a pending flush is issued when flushed or dropped; batch it or flush it"]
 pub struct PendingFlush<H: Host> {
-    host: H,
+    pub(crate) host: H,
     pub(crate) pending: Pending,
     retire: Option<fn(&H, RetiredTables)>,
 }

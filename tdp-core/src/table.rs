@@ -13,12 +13,13 @@ use crate::addr::{Gpa, GpaRange, Hpa, Level};
 use crate::error::Error;
 use crate::flush::Pending;
 use crate::format::{AdState, Attrs, EntryKind, Perms, PteFormat};
-use crate::geometry::MAX_LEVELS;
+use crate::geometry::{Geometry, MAX_LEVELS};
 use crate::host::{Host, TlbFlush};
 use crate::iter::Visit;
 use crate::mode::Exclusive;
-use crate::ops::single::Cursor;
+use crate::ops::single::{Cursor, Emptied, UnmapOwe};
 use crate::ops::{self, Op};
+use crate::pool::TableCache;
 use crate::tree::{Ctx, Progress, Tree};
 
 /// Options of [`Table::map_with`].
@@ -371,7 +372,10 @@ impl<F: PteFormat, H: Host> Table<F, H> {
         let host = self.tree.host();
         if let Some(r) = self.tree.unmap_single::<Exclusive>(
             &mut self.ctx,
-            flush_now(host),
+            UnmapNow {
+                host,
+                keep: &self.keep,
+            },
             range,
             Some(&mut self.cursor),
         ) {
@@ -513,6 +517,41 @@ fn flush_now<H: Host>(host: &H) -> impl FnOnce(u64, u64, Level) + '_ {
             level: Some(level),
             tables: false,
         })
+    }
+}
+
+/// What a single-entry unmap of `Table` owes, settled at once: the flush, then the tables it
+/// unlinked go to the reserve up to `keep` per level and the rest back to the host (as
+/// [`Table::run`] releases an operation's detached tables).
+struct UnmapNow<'a, H> {
+    host: &'a H,
+    keep: &'a [u32; MAX_LEVELS],
+}
+
+impl<H: Host> UnmapOwe for UnmapNow<'_, H> {
+    #[inline(always)]
+    fn leaf(self, gpa: u64, size: u64, level: Level) {
+        flush_now(self.host)(gpa, size, level);
+    }
+
+    fn emptied(self, geo: &Geometry, cache: &mut TableCache, emptied: &Emptied) {
+        let (gpa, size) = emptied.span();
+        self.host.flush_tlb(TlbFlush::Range {
+            start: Gpa::new(gpa),
+            size,
+            level: None,
+            tables: true,
+        });
+        let lens = cache.lens();
+        for (level, pa) in emptied.tables() {
+            if lens[level.index()] < self.keep[level.index()] {
+                cache.push(self.host, level, pa);
+            } else {
+                // SAFETY: `pa` is a table of this host of `level`'s size, unlinked by the unmap
+                // and its flush (walk caches included) done just above: nothing can reach it.
+                unsafe { self.host.free_table(pa, geo.table_size(level)) };
+            }
+        }
     }
 }
 

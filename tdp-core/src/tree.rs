@@ -33,10 +33,12 @@ use crate::addr::{Gpa, GpaRange, Hpa, Level};
 use crate::error::Error;
 use crate::flush::{Delta, PendingFlush};
 use crate::format::{Attrs, Perms, PteFormat};
-use crate::geometry::MAX_LEVELS;
+use crate::geometry::{Geometry, MAX_LEVELS};
 use crate::host::{Host, SharedHost, TableMeta};
 use crate::mode::{Exclusive, Mode, Shared};
-use crate::ops::single::{self, Cursor, LeafTemplate, Mapped, OneLeaf, Tables, Unmapped};
+use crate::ops::single::{
+    self, Cursor, Emptied, LeafTemplate, Mapped, OneLeaf, Tables, UnmapOwe, Unmapped,
+};
 use crate::ops::{self, Op};
 use crate::pool::TableCache;
 use crate::sync::{AtomicU64, Ordering};
@@ -74,6 +76,21 @@ pub struct Ctx {
     /// Which shard of a tree's statistics this caller adds to (callers spread over the shards,
     /// so concurrent callers do not share one counter's cache line).
     shard: u8,
+}
+
+impl<H: Host> UnmapOwe for &mut PendingFlush<H> {
+    #[inline(always)]
+    fn leaf(self, gpa: u64, size: u64, level: Level) {
+        self.pending.flush_span(gpa, size, level);
+    }
+
+    fn emptied(self, geo: &Geometry, _: &mut TableCache, emptied: &Emptied) {
+        let (gpa, size) = emptied.span();
+        self.pending.flush_table_span(gpa, size);
+        for (level, pa) in emptied.tables() {
+            self.pending.detach(&self.host, level, pa, geo);
+        }
+    }
 }
 
 /// Shards of a tree's statistics: concurrent callers add to different cache lines.
@@ -362,7 +379,7 @@ impl<F: PteFormat, H: Host> Tree<F, H> {
         };
         self.add_leaves::<M>(ctx.shard, level, 1);
         if added != 0 {
-            self.add_tables::<M>(ctx.shard, added);
+            self.add_tables::<M>(ctx.shard, added, 1);
         }
         if fmt.caches_empty_entries() {
             owe(gpa, range.size(), level);
@@ -376,7 +393,7 @@ impl<F: PteFormat, H: Host> Tree<F, H> {
     pub(crate) fn unmap_single<M: Mode>(
         &self,
         ctx: &mut Ctx,
-        owe: impl FnOnce(u64, u64, Level),
+        owe: impl UnmapOwe,
         range: GpaRange,
         cursor: Option<&mut Cursor>,
     ) -> Option<Result<(), Error>> {
@@ -393,18 +410,25 @@ impl<F: PteFormat, H: Host> Tree<F, H> {
             Unmapped::Hole => Some(Ok(())),
             Unmapped::Leaf => {
                 self.add_leaves::<M>(ctx.shard, level, -1);
-                owe(gpa, range.size(), level);
+                owe.leaf(gpa, range.size(), level);
+                Some(Ok(()))
+            }
+            Unmapped::Emptied(e) => {
+                self.add_leaves::<M>(ctx.shard, level, -1);
+                self.add_tables::<M>(ctx.shard, e.level_mask(), -1);
+                owe.emptied(fmt.geometry(), &mut ctx.cache, &e);
                 Some(Ok(()))
             }
             Unmapped::Fallback => None,
         }
     }
 
+    /// Adds `sign` to the table count of each level whose bit is set in `mask`.
     #[inline(never)]
-    fn add_tables<M: Mode>(&self, shard: u8, added: u8) {
+    fn add_tables<M: Mode>(&self, shard: u8, mask: u8, sign: i64) {
         let s = &self.stats[shard as usize % STAT_SHARDS];
         for (l, c) in s.tables.iter().enumerate() {
-            TreeStats::add::<M>(c, i64::from(added >> l & 1));
+            TreeStats::add::<M>(c, sign * i64::from(mask >> l & 1));
         }
     }
 
@@ -672,7 +696,7 @@ impl<F: PteFormat, H: Host> ExclusiveAccess<'_, F, H> {
     ) -> Result<Progress, Error> {
         if let Some(r) = self
             .tree
-            .unmap_single::<Exclusive>(ctx, flush.owe(), range, None)
+            .unmap_single::<Exclusive>(ctx, &mut *flush, range, None)
         {
             return r.map(|()| Progress::Done);
         }
@@ -736,7 +760,7 @@ impl<F: PteFormat, H: SharedHost> SharedAccess<'_, F, H> {
         flush.mark_shared();
         if let Some(r) = self
             .tree
-            .unmap_single::<Shared>(ctx, flush.owe(), range, None)
+            .unmap_single::<Shared>(ctx, &mut *flush, range, None)
         {
             return r.map(|()| Progress::Done);
         }

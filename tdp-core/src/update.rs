@@ -362,6 +362,19 @@ pub(crate) unsafe fn zap_leaf<F: PteFormat, M: Mode>(
     }
 }
 
+/// Exclusive mode: makes the table entry `ptr` at `level` empty, unlinking a table that became
+/// empty (a single-entry unmap of its last leaf). A plain store: the table below is dropped whole,
+/// so an accessed bit hardware sets in the entry meanwhile has nothing to be kept in, and no other
+/// updater exists. The caller updates the counts, owes a flush with the walk caches, and releases
+/// the table only after it.
+///
+/// # Safety
+/// `ptr` is a slot of a live table of `level` that links a table; the caller holds the tree alone.
+#[inline]
+pub(crate) unsafe fn unlink_table<F: PteFormat>(fmt: &F, ptr: EntryPtr, level: Level) {
+    ptr.store(fmt.empty(level), F::BYTE_ORDER);
+}
+
 /// Writes `n` consecutive leaves into a fresh table no walker can reach yet (plain stores).
 ///
 /// # Safety

@@ -456,10 +456,56 @@ pub(crate) enum Unmapped {
     Hole,
     /// The leaf at the level was removed (a flush is owed).
     Leaf,
-    /// Anything else (a huge leaf above the level, a table at it, the last entry of a table that
-    /// exclusive mode must free, a frozen entry, a lost race): nothing changed, the general path
-    /// must run.
+    /// Exclusive mode: the leaf was the last entry of its table, so the table was unlinked too,
+    /// and so was each ancestor it left empty (never the root). The tables may be released only
+    /// after the flush of [`Emptied::span`], which includes the walk caches.
+    Emptied(Emptied),
+    /// Anything else (a huge leaf above the level, a table at it, a frozen entry, a lost race):
+    /// nothing changed, the general path must run.
     Fallback,
+}
+
+/// The tables an exclusive single-entry unmap unlinked because they became empty: one of each
+/// level from `low` up to `high`, each the only child of the next. Their counts are zero and
+/// nothing links them any more; they still must not be reused before the flush.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Emptied {
+    tables: [Hpa; MAX_LEVELS],
+    low: Level,
+    high: Level,
+    /// The span of the highest table removed: `[gpa, gpa + size)`.
+    gpa: u64,
+    size: u64,
+}
+
+impl Emptied {
+    /// The range the flush must cover (with walk caches: table entries were removed).
+    #[inline]
+    pub(crate) fn span(&self) -> (u64, u64) {
+        (self.gpa, self.size)
+    }
+
+    /// The tables removed, with their levels, lowest first.
+    #[inline]
+    pub(crate) fn tables(&self) -> impl Iterator<Item = (Level, Hpa)> + '_ {
+        (self.low.index()..=self.high.index()).map(|l| (Level::from_index(l), self.tables[l]))
+    }
+
+    /// Bit `k` set: a table of level `k` was removed.
+    #[inline]
+    pub(crate) fn level_mask(&self) -> u8 {
+        ((1u32 << (self.high.index() + 1)) - (1u32 << self.low.index())) as u8
+    }
+}
+
+/// Where a single-entry unmap's obligations go: the flush a removed leaf owes, or, when tables
+/// were unlinked with it, the flush with walk caches and the tables, which are released only
+/// after that flush ([`crate::flush::PendingFlush`] for the tree API; `Table` flushes at once).
+pub(crate) trait UnmapOwe {
+    /// The leaf for `[gpa, gpa + size)` at `level` was removed.
+    fn leaf(self, gpa: u64, size: u64, level: Level);
+    /// The leaf and the tables of `emptied` were removed (`cache`: the caller's reserve).
+    fn emptied(self, geo: &Geometry, cache: &mut TableCache, emptied: &Emptied);
 }
 
 /// Removes the leaf at `level` for `gpa` when that is all the unmap of its span has to do.
@@ -473,17 +519,18 @@ pub(crate) unsafe fn unmap_one<F: PteFormat, H: Host, M: Mode>(
     root: Hpa,
     gpa: u64,
     level: Level,
-    cursor: Option<&mut Cursor>,
+    mut cursor: Option<&mut Cursor>,
 ) -> Unmapped {
     // SAFETY: the caller's contract.
-    let (slot, table) = match unsafe { slot_at::<F, H, M>(fmt, host, root, gpa, level, cursor) } {
-        Ok(s) => s,
-        Err(Stopped {
-            kind: EntryKind::Empty,
-            ..
-        }) => return Unmapped::Hole,
-        Err(_) => return Unmapped::Fallback,
-    };
+    let (slot, table) =
+        match unsafe { slot_at::<F, H, M>(fmt, host, root, gpa, level, cursor.as_deref_mut()) } {
+            Ok(s) => s,
+            Err(Stopped {
+                kind: EntryKind::Empty,
+                ..
+            }) => return Unmapped::Hole,
+            Err(_) => return Unmapped::Fallback,
+        };
     let old = slot.load_for(M::SHARED, F::BYTE_ORDER);
     match fmt.classify(old, level) {
         EntryKind::Leaf => {}
@@ -496,9 +543,15 @@ pub(crate) unsafe fn unmap_one<F: PteFormat, H: Host, M: Mode>(
     }
     // SAFETY: `table` is a live table of this tree (Host contract for `meta`).
     let meta = unsafe { host.meta(table).as_ref() };
-    // Exclusive mode frees a table whose count reaches zero: the general path does that.
+    // Exclusive mode frees a table whose count reaches zero.
     if !M::SHARED && table != root && meta.count.load(crate::sync::Ordering::Relaxed) <= 1 {
-        return Unmapped::Fallback;
+        // The table is about to go: the cursor must not name it.
+        if let Some(c) = cursor {
+            c.forget();
+        }
+        // SAFETY: the caller's contract; `slot` holds the leaf `old` and is its table's last
+        // entry.
+        return unsafe { unmap_last::<F, H>(fmt, host, root, gpa, level, slot, old) };
     }
     // SAFETY: `slot` is a slot of the live table `table` at `level` holding the leaf `old`.
     if !unsafe { zap_leaf::<F, M>(fmt, slot, level, old) } {
@@ -506,6 +559,83 @@ pub(crate) unsafe fn unmap_one<F: PteFormat, H: Host, M: Mode>(
     }
     count_add::<M>(meta, -1);
     Unmapped::Leaf
+}
+
+/// Exclusive mode: removes the leaf `old` at `slot` (level `level`, for `gpa`), the last entry of
+/// its table, then unlinks that table and every ancestor below the root that this leaves empty,
+/// as the general unmap's post-order visit does (counts say which; exclusive counts are exact).
+/// The tables are handed back in [`Emptied`], to be released after the flush.
+///
+/// # Safety
+/// As [`slot_at`] in exclusive mode (the caller holds the tree alone); `slot` is the slot for
+/// `gpa` at `level`, holding the leaf `old`, in a table other than the root whose count is one.
+#[inline(never)]
+unsafe fn unmap_last<F: PteFormat, H: Host>(
+    fmt: &F,
+    host: &H,
+    root: Hpa,
+    gpa: u64,
+    level: Level,
+    slot: EntryPtr,
+    old: u64,
+) -> Unmapped {
+    use crate::mode::Exclusive;
+    let geo = fmt.geometry();
+    // The path from the root: the table at each level from the root down to `level`.
+    let mut path = [Hpa::new(0); MAX_LEVELS];
+    let mut l = geo.root_level();
+    let mut pa = root;
+    loop {
+        path[l.index()] = pa;
+        if l == level {
+            break;
+        }
+        // SAFETY: `pa` is a live table of the tree at level `l` (the root, then each step follows
+        // a table entry, as `slot_at` found them a moment ago) and the index is below its count.
+        let raw =
+            unsafe { EntryPtr::new(host.phys_to_virt(pa), geo.index(gpa, l)) }.load(F::BYTE_ORDER);
+        debug_assert_eq!(fmt.classify(raw, l), EntryKind::Table);
+        pa = fmt.table_addr(raw, l);
+        l = Level::from_index(l.index() - 1);
+    }
+    // SAFETY: `slot` holds the leaf `old` (caller); exclusive mode: a plain store.
+    unsafe { zap_leaf::<F, Exclusive>(fmt, slot, level, old) };
+    let mut tables = [Hpa::new(0); MAX_LEVELS];
+    let mut child = pa; // the leaf's table, at `level`
+    let mut l = level;
+    loop {
+        // SAFETY: `child` is a table of this tree (Host contract for `meta`).
+        let meta = unsafe { host.meta(child).as_ref() };
+        count_add::<Exclusive>(meta, -1);
+        if child == root || meta.count.load(crate::sync::Ordering::Relaxed) != 0 {
+            break;
+        }
+        // `child` is empty: unlink it from its parent at level `l + 1`.
+        let parent_level = Level::from_index(l.index() + 1);
+        let parent = path[parent_level.index()];
+        // SAFETY: `parent` is a live table of the tree at `parent_level` (the path) and the index
+        // is below its entry count.
+        let ptr = unsafe { EntryPtr::new(host.phys_to_virt(parent), geo.index(gpa, parent_level)) };
+        // SAFETY: `ptr` is the entry of the live table `parent` that links `child`, in exclusive
+        // mode.
+        unsafe { crate::update::unlink_table::<F>(fmt, ptr, parent_level) };
+        tables[l.index()] = child;
+        child = parent;
+        l = parent_level;
+    }
+    if l == level {
+        return Unmapped::Leaf; // `count <= 1` but the table kept entries: nothing unlinked
+    }
+    // Tables of levels `level..l` were removed; the highest hung from an entry at level `l`.
+    let high = Level::from_index(l.index() - 1);
+    let size = geo.level_size(l);
+    Unmapped::Emptied(Emptied {
+        tables,
+        low: level,
+        high,
+        gpa: gpa & !(size - 1),
+        size,
+    })
 }
 
 /// Translates `gpa`: one walk from the root, one classification per entry, nothing decoded.
