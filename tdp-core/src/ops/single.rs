@@ -111,9 +111,10 @@ pub(crate) fn one_leaf_level(
     }
     let (start, pa) = (range.start().raw(), hpa.raw());
     let mask = size - 1;
-    let aligned = (start | pa) & mask == 0;
-    let fits = (start | mask) >> geo.ia_bits() == 0 && (pa | mask) >> geo.oa_bits() == 0;
-    (aligned && fits).then_some(level)
+    // Aligned, and within the input and output widths: one test of the bits that must be clear.
+    let bad =
+        ((start | pa) & mask) | (start | mask) >> geo.ia_bits() | (pa | mask) >> geo.oa_bits();
+    (bad == 0).then_some(level)
 }
 
 /// The leaf level whose entries map exactly `size` bytes, if any.
@@ -158,11 +159,13 @@ pub(crate) fn one_entry_level(geo: &Geometry, range: GpaRange) -> Option<Level> 
 /// that was freed or replaced (single-entry calls free nothing).
 #[derive(Copy, Clone, Debug)]
 pub(crate) struct Cursor {
-    /// `gpa >> span` of the addresses the table maps.
+    /// `gpa >> shift` of the addresses the table maps.
     tag: u64,
     /// The table (0: none).
     table: Hpa,
     level: Level,
+    /// The address bits above what the table spans.
+    shift: u32,
 }
 
 impl Cursor {
@@ -171,6 +174,7 @@ impl Cursor {
             tag: 0,
             table: Hpa::new(0),
             level: Level::LEAF,
+            shift: 0,
         }
     }
 
@@ -217,7 +221,7 @@ unsafe fn slot_at<F: PteFormat, H: Host, M: Mode>(
 ) -> Result<(EntryPtr, Hpa), Stopped> {
     let geo = fmt.geometry();
     if let Some(c) = &cursor {
-        if c.table != Hpa::new(0) && c.level == level && c.tag == gpa >> span_shift(geo, level) {
+        if c.table != Hpa::new(0) && c.level == level && c.tag == gpa >> c.shift {
             // SAFETY: the cursor names a live table of this tree at `level` (caller contract)
             // that maps `gpa` (the tag); the index is below its entry count.
             let ptr = unsafe { EntryPtr::new(host.phys_to_virt(c.table), geo.index(gpa, level)) };
@@ -234,10 +238,12 @@ unsafe fn slot_at<F: PteFormat, H: Host, M: Mode>(
         if l == level {
             if let Some(c) = cursor {
                 if l != geo.root_level() {
+                    let shift = span_shift(geo, level);
                     *c = Cursor {
-                        tag: gpa >> span_shift(geo, level),
+                        tag: gpa >> shift,
                         table: pa,
                         level,
+                        shift,
                     };
                 }
             }
