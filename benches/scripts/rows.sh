@@ -8,5 +8,4 @@ for cfg in "ept-ad 0" "ept-ad 1" "arm64-4k 0" "arm64-4k 1"; do
   set -- $cfg
   f=$OUT.$1.$2.cg
   valgrind --tool=callgrind --callgrind-out-file=$f $BIN $1 $2 >/dev/null 2>&1
-  callgrind_annotate --inclusive=yes --threshold=100 $f 2>/dev/null | grep -E "rows::row_[a-z_]+(<|\[| )" | grep -v "=>" | sed -E 's/^ *([0-9,]+).*rows::(row_[a-z_]+).*/\2 \1/' | sort -u | sed "s/^/$1 $2 /"
 done
