@@ -37,6 +37,9 @@ pub struct Geometry {
     leaf_mask: u8,
     ia_bits: u8,
     oa_bits: u8,
+    /// 4 KiB pages and 9 index bits at every level below the root (x86, arm64 4K, RISC-V,
+    /// LoongArch's default): walks may compute those indices from constants.
+    uniform_4k: bool,
 }
 
 impl Geometry {
@@ -102,6 +105,12 @@ impl Geometry {
         if oa_bits < page_shift || oa_bits > 60 {
             return Err(Error::InvalidGeometry);
         }
+        let mut uniform_4k = page_shift == 12;
+        let mut l = 0;
+        while l + 1 < levels {
+            uniform_4k &= bits[l] == 9;
+            l += 1;
+        }
         Ok(Geometry {
             levels: levels as u8,
             shift,
@@ -110,6 +119,7 @@ impl Geometry {
             leaf_mask,
             ia_bits,
             oa_bits,
+            uniform_4k,
         })
     }
 
@@ -165,6 +175,13 @@ impl Geometry {
     #[inline]
     pub const fn page_size(&self) -> u64 {
         1u64 << self.shift[0]
+    }
+
+    /// Whether every level below the root has 4 KiB-page x86-style indices (9 bits, level `l`
+    /// at shift `12 + 9 * l`).
+    #[inline(always)]
+    pub(crate) const fn uniform_4k(&self) -> bool {
+        self.uniform_4k
     }
 
     /// Index of `gpa` in the table at `level`.

@@ -662,13 +662,36 @@ pub(crate) fn translate<F: PteFormat, H: Host, M: Mode>(
             bits: geo.ia_bits(),
         });
     }
+    if geo.uniform_4k() {
+        translate_from::<F, H, M, true>(fmt, host, root, gpa)
+    } else {
+        translate_from::<F, H, M, false>(fmt, host, root, gpa)
+    }
+}
+
+/// The walk of [`translate`]; `UNIFORM_4K`: the geometry's levels below the root have 9-bit
+/// indices over 4 KiB pages ([`Geometry::uniform_4k`]), so their indices come from constants.
+#[inline(always)]
+fn translate_from<F: PteFormat, H: Host, M: Mode, const UNIFORM_4K: bool>(
+    fmt: &F,
+    host: &H,
+    root: Hpa,
+    gpa: crate::addr::Gpa,
+) -> Result<Option<crate::table::Translation>, crate::Error> {
+    let geo = fmt.geometry();
     let mut level = geo.root_level();
     let mut pa = root;
     loop {
+        let index = if UNIFORM_4K && level != geo.root_level() {
+            ((gpa.raw() >> (12 + 9 * level.index())) & 511) as usize
+        } else {
+            geo.index(gpa.raw(), level)
+        };
         // SAFETY: `pa` is a live table of the tree at `level` (the tree's root, then each step
         // follows a table entry read with the mode's ordering; no table is freed while the caller
-        // holds its access), and the index is below its entry count.
-        let raw = unsafe { EntryPtr::new(host.phys_to_virt(pa), geo.index(gpa.raw(), level)) }
+        // holds its access), and the index is below its entry count (for `UNIFORM_4K`, 512
+        // entries below the root).
+        let raw = unsafe { EntryPtr::new(host.phys_to_virt(pa), index) }
             .load_for(M::SHARED, F::BYTE_ORDER);
         match fmt.classify(raw, level) {
             EntryKind::Table if level != Level::LEAF => {
