@@ -122,8 +122,8 @@ unsafe impl Host for DirectHost {
 
     #[inline]
     unsafe fn free_tables(&self, tables: RetiredTables) {
-        // One borrow and one capacity check for the whole list (the tables of a list are mostly
-        // of one size: reserve for the first one's).
+        // One borrow and one reservation for the whole list (the tables of a list are mostly of
+        // one size: reserve for the first one's).
         let mut p = self.pools.borrow_mut();
         let p = &mut *p;
         p.outstanding -= tables.len();
@@ -131,12 +131,21 @@ unsafe impl Host for DirectHost {
         let Some((pa, size)) = drain.next() else {
             return;
         };
-        let order = size.trailing_zeros() as usize;
-        p.free[order].reserve(drain.len() + 1);
-        p.free[order].push(pa.raw() as usize);
-        for (pa, size) in drain {
-            p.free[size.trailing_zeros() as usize].push(pa.raw() as usize);
-        }
+        // The first table's size class is taken out of the pools for the loop (the others are
+        // pushed where they belong).
+        let first = size;
+        let order = first.trailing_zeros() as usize;
+        let mut same = core::mem::take(&mut p.free[order]);
+        same.reserve(drain.len() + 1);
+        same.push(pa.raw() as usize);
+        drain.for_each(|(pa, size)| {
+            if size == first {
+                same.push(pa.raw() as usize);
+            } else {
+                p.free[size.trailing_zeros() as usize].push(pa.raw() as usize);
+            }
+        });
+        p.free[order] = same;
     }
 
     #[inline(always)]

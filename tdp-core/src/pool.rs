@@ -20,6 +20,8 @@ fn meta<H: Host + ?Sized>(host: &H, pa: u64) -> &TableMeta {
 }
 
 /// Table sizes by level, as lists record them (a list may outlive the geometry it came from).
+/// Inlined: a call on the detach path (once per list) made its callers' loops spill registers.
+#[inline(always)]
 pub(crate) fn sizes_of(geo: &Geometry) -> [u32; MAX_LEVELS] {
     core::array::from_fn(|l| {
         if l < geo.levels() as usize {
@@ -412,6 +414,24 @@ impl<H: Host + ?Sized> Iterator for RetiredDrain<'_, H> {
     #[inline]
     fn size_hint(&self) -> (usize, Option<usize>) {
         (self.left as usize, Some(self.left as usize))
+    }
+
+    /// The whole walk with its state in locals (what `for_each` runs): a host's loop that
+    /// stores to memory does not make the walk reload and store its own state per table.
+    #[inline]
+    fn fold<B, G: FnMut(B, (Hpa, usize)) -> B>(mut self, init: B, mut g: G) -> B {
+        let mut acc = init;
+        let mut head = self.head;
+        let sizes = self.sizes;
+        self.head = NIL;
+        self.left = 0;
+        while head != NIL {
+            let level = tag_level(head);
+            let pa = head & !0xff;
+            head = meta(self.host, pa).link.load(Ordering::Relaxed);
+            acc = g(acc, (Hpa::new(pa), sizes[level] as usize));
+        }
+        acc
     }
 }
 
