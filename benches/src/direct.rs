@@ -16,7 +16,7 @@ use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::cell::RefCell;
 use std::ptr::NonNull;
 
-use tdp_core::{Host, Hpa, TableMeta, TlbFlush};
+use tdp_core::{Host, Hpa, RetiredTables, TableMeta, TlbFlush};
 
 /// Largest table (a concatenated arm64 root): the window's alignment.
 const MAX_TABLE: usize = 1 << 20;
@@ -34,6 +34,9 @@ pub struct DirectHost {
     size: usize,
     granule_shift: u32,
     metas: Box<[TableMeta]>,
+    /// `metas` shifted down by the window base's granule index: the record of the table at `pa`
+    /// is `meta_bias + (pa >> granule_shift)` (a frame table lookup, as `vmemmap` is).
+    meta_bias: *const TableMeta,
     pools: RefCell<Pools>,
 }
 
@@ -52,11 +55,15 @@ impl DirectHost {
         // SAFETY: `base` is a fresh allocation of exactly `size` bytes.
         unsafe { core::ptr::write_bytes(base, 0, size) };
         let base = base.expose_provenance();
+        let granule_shift = granule.trailing_zeros();
+        let metas: Box<[TableMeta]> = (0..size / granule).map(|_| TableMeta::new()).collect();
+        let meta_bias = metas.as_ptr().wrapping_sub(base >> granule_shift);
         DirectHost {
             base,
             size,
-            granule_shift: granule.trailing_zeros(),
-            metas: (0..size / granule).map(|_| TableMeta::new()).collect(),
+            granule_shift,
+            metas,
+            meta_bias,
             pools: RefCell::new(Pools {
                 bump: base,
                 free: Default::default(),
@@ -113,6 +120,34 @@ unsafe impl Host for DirectHost {
         p.free[size.trailing_zeros() as usize].push(pa.raw() as usize);
     }
 
+    #[inline]
+    unsafe fn free_tables(&self, tables: RetiredTables) {
+        // One borrow and one reservation for the whole list (the tables of a list are mostly of
+        // one size: reserve for the first one's).
+        let mut p = self.pools.borrow_mut();
+        let p = &mut *p;
+        p.outstanding -= tables.len();
+        let mut drain = tables.drain(self);
+        let Some((pa, size)) = drain.next() else {
+            return;
+        };
+        // The first table's size class is taken out of the pools for the loop (the others are
+        // pushed where they belong).
+        let first = size;
+        let order = first.trailing_zeros() as usize;
+        let mut same = core::mem::take(&mut p.free[order]);
+        same.reserve(drain.len() + 1);
+        same.push(pa.raw() as usize);
+        drain.for_each(|(pa, size)| {
+            if size == first {
+                same.push(pa.raw() as usize);
+            } else {
+                p.free[size.trailing_zeros() as usize].push(pa.raw() as usize);
+            }
+        });
+        p.free[order] = same;
+    }
+
     #[inline(always)]
     fn phys_to_virt(&self, pa: Hpa) -> NonNull<u8> {
         debug_assert!((pa.raw() as usize).wrapping_sub(self.base) < self.size);
@@ -123,7 +158,19 @@ unsafe impl Host for DirectHost {
 
     #[inline(always)]
     fn meta(&self, pa: Hpa) -> NonNull<TableMeta> {
-        NonNull::from(&self.metas[(pa.raw() as usize - self.base) >> self.granule_shift])
+        let pa = pa.raw() as usize;
+        debug_assert!(pa.wrapping_sub(self.base) < self.size);
+        // SAFETY: the engine passes only addresses of tables this host handed out (Host
+        // contract), which lie inside the window, so `pa >> granule_shift` is at least the base's
+        // granule index and the sum lands on the table's own slot of `metas` (derived from the
+        // slice's pointer, with its provenance), which is never null.
+        unsafe {
+            NonNull::new_unchecked(
+                self.meta_bias
+                    .wrapping_add(pa >> self.granule_shift)
+                    .cast_mut(),
+            )
+        }
     }
 
     #[inline(always)]

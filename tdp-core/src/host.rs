@@ -33,7 +33,7 @@ use crate::sync::{AtomicU32, AtomicU64, Ordering};
 use core::ptr::NonNull;
 
 use crate::addr::{Gpa, Hpa, Level};
-pub use crate::pool::RetiredTables;
+pub use crate::pool::{RetiredDrain, RetiredTables};
 
 /// Bookkeeping the engine keeps for each table page, stored by the host beside the page (as a
 /// frame table entry or `struct page` would be). 16 bytes.
@@ -77,17 +77,20 @@ impl TableMeta {
     }
 
     /// Number of non-empty entries the engine recorded for the table.
+    #[inline]
     pub fn count(&self) -> u32 {
         self.count.load(Ordering::Relaxed)
     }
 
     /// Number of counted entries that are neither leaves nor tables.
+    #[inline]
     pub fn others(&self) -> u32 {
         self.flags.load(Ordering::Relaxed) & 0xffff
     }
 
     /// Resets the record for a table about to be (re)used (as [`TableMeta::new`]); a host that
     /// reuses its records calls it when it hands a table out.
+    #[inline]
     pub fn reset(&self) {
         self.count.store(0, Ordering::Relaxed);
         self.flags.store(0, Ordering::Relaxed);
@@ -143,6 +146,29 @@ pub unsafe trait Host {
     /// `pa` came from `alloc_table(size)` and is not reachable from any table any more, and every
     /// TLB flush covering it has completed.
     unsafe fn free_table(&self, pa: Hpa, size: usize);
+
+    /// Gives back every table of a list at once: what the engine calls when an operation
+    /// releases the tables it detached (a range unmap that took whole subtrees out, a teardown,
+    /// a grace period's end through [`RetiredTables::free`]), instead of one
+    /// [`Host::free_table`] per table.
+    ///
+    /// The default body frees the tables one by one with `free_table`. A host whose per-call cost
+    /// is worth sharing (a lock, a borrow, a vector's capacity check) takes it once for the whole
+    /// list: it walks the list with [`RetiredTables::drain`] and frees each table the drain
+    /// yields, exactly once. It must not call [`RetiredTables::free`] on the list (that calls
+    /// this method).
+    ///
+    /// # Safety
+    /// Every table on the list meets `free_table`'s contract: it came from
+    /// `alloc_table(size)` (with the size the list gives for it), it is not reachable from any
+    /// table any more, every TLB flush covering it has completed, and (shared mode) its grace
+    /// period has elapsed.
+    unsafe fn free_tables(&self, tables: RetiredTables) {
+        for (pa, size) in tables.drain(self) {
+            // SAFETY: the caller upholds `free_table`'s contract for every table on the list.
+            unsafe { self.free_table(pa, size) };
+        }
+    }
 
     /// The host-virtual address of the table at `pa`.
     fn phys_to_virt(&self, pa: Hpa) -> NonNull<u8>;
@@ -219,6 +245,11 @@ unsafe impl<H: Host + ?Sized> Host for &H {
     unsafe fn free_table(&self, pa: Hpa, size: usize) {
         // SAFETY: the caller upholds `free_table`'s contract for `H` as well.
         unsafe { (**self).free_table(pa, size) }
+    }
+    #[inline]
+    unsafe fn free_tables(&self, tables: RetiredTables) {
+        // SAFETY: the caller upholds `free_tables`'s contract for `H` as well.
+        unsafe { (**self).free_tables(tables) }
     }
     #[inline]
     fn phys_to_virt(&self, pa: Hpa) -> NonNull<u8> {

@@ -24,12 +24,19 @@ pub(crate) fn clear<F: PteFormat, H: Host>(
     let virt = host.phys_to_virt(root);
     // SAFETY: `root` is the tree's live root table.
     let meta = unsafe { host.meta(root).as_ref() };
-    for i in 0..geo.entries(level) {
+    // The root's count says how many of its entries are not empty (exact: no other updater runs
+    // during a teardown), so the scan stops after the last one.
+    let mut left = meta.count();
+    let n = geo.entries(level);
+    let mut i = 0;
+    while left > 0 && i < n {
         // SAFETY: `i` is below the root's entry count.
         let p = unsafe { EntryPtr::new(virt, i) };
+        i += 1;
         if p.load(F::BYTE_ORDER) == empty {
             continue;
         }
+        left -= 1;
         let old = take::<F>(p, empty, false);
         count_add::<Exclusive>(meta, -1);
         match fmt.classify(old, level) {

@@ -45,6 +45,8 @@ struct State {
     tables: usize,
     bytes: usize,
     allocs: u64,
+    /// Tables freed through [`Host::free_tables`] (one lock per list).
+    list_frees: u64,
     fail_at: Option<u64>,
     events: Vec<HostEvent>,
     record: bool,
@@ -170,6 +172,41 @@ impl HeapHost {
     /// Number of successful allocations so far.
     pub fn allocations(&self) -> u64 {
         self.state().allocs
+    }
+
+    /// Tables freed so far through [`Host::free_tables`] (a list at once) rather than
+    /// [`Host::free_table`].
+    pub fn list_frees(&self) -> u64 {
+        self.state().list_frees
+    }
+
+    /// Frees one table with the state locked: the accounting, the double-free check, the poison
+    /// and the event of [`Host::free_table`].
+    fn free_locked(&self, s: &mut State, pa: Hpa, size: usize) {
+        let slot = pa
+            .raw()
+            .checked_sub(self.base)
+            .map(|off| (off >> self.granule_shift) as usize)
+            .filter(|&slot| slot < s.sizes.len());
+        let had = slot.map(|slot| core::mem::take(&mut s.sizes[slot]));
+        assert_eq!(
+            had,
+            Some(size.trailing_zeros() as u8),
+            "free of {pa:?} ({size} bytes) that is not allocated"
+        );
+        s.tables -= 1;
+        s.bytes -= size;
+        // Poison the page so a use after free shows up as garbage entries.
+        if s.record {
+            let off = (pa.raw() - self.base) / 8;
+            for w in &self.mem[off as usize..off as usize + size / 8] {
+                w.store(Self::POISON, Ordering::Relaxed);
+            }
+        }
+        s.free[size.trailing_zeros() as usize - 8].push(pa.raw());
+        if s.record {
+            s.events.push(HostEvent::Free(pa, size));
+        }
     }
 
     /// Makes the `n`-th allocation from now (0 = the next one) fail, once.
@@ -464,29 +501,17 @@ unsafe impl Host for HeapHost {
 
     unsafe fn free_table(&self, pa: Hpa, size: usize) {
         let mut s = self.state();
-        let slot = pa
-            .raw()
-            .checked_sub(self.base)
-            .map(|off| (off >> self.granule_shift) as usize)
-            .filter(|&slot| slot < s.sizes.len());
-        let had = slot.map(|slot| core::mem::take(&mut s.sizes[slot]));
-        assert_eq!(
-            had,
-            Some(size.trailing_zeros() as u8),
-            "free of {pa:?} ({size} bytes) that is not allocated"
-        );
-        s.tables -= 1;
-        s.bytes -= size;
-        // Poison the page so a use after free shows up as garbage entries.
-        if s.record {
-            let off = (pa.raw() - self.base) / 8;
-            for w in &self.mem[off as usize..off as usize + size / 8] {
-                w.store(Self::POISON, Ordering::Relaxed);
-            }
-        }
-        s.free[size.trailing_zeros() as usize - 8].push(pa.raw());
-        if s.record {
-            s.events.push(HostEvent::Free(pa, size));
+        self.free_locked(&mut s, pa, size);
+    }
+
+    unsafe fn free_tables(&self, tables: RetiredTables) {
+        // One lock for the list; each table is checked, poisoned and recorded as `free_table`
+        // does, in list order. The drain reads a table's link before yielding it, so poisoning
+        // (or reusing) the table at once is fine.
+        let mut s = self.state();
+        for (pa, size) in tables.drain(self) {
+            self.free_locked(&mut s, pa, size);
+            s.list_frees += 1;
         }
     }
 
