@@ -64,7 +64,21 @@ impl<'a, F: PteFormat, H: Host> Op<'a, F, H> {
     }
 
     /// Tops the reserve up to `need`.
+    #[inline(always)]
     pub(crate) fn reserve(&mut self, need: &[u64; MAX_LEVELS]) -> Result<(), Error> {
+        // Most calls need nothing (an unmap or protect that cuts no huge leaf).
+        let mut any = 0;
+        for n in need {
+            any |= n;
+        }
+        if any == 0 {
+            return Ok(());
+        }
+        self.reserve_slow(need)
+    }
+
+    #[inline(never)]
+    fn reserve_slow(&mut self, need: &[u64; MAX_LEVELS]) -> Result<(), Error> {
         self.cache
             .reserve(self.host, need)
             .map_err(|size| Error::OutOfMemory { size })
@@ -117,14 +131,37 @@ impl<'a, F: PteFormat, H: Host> Op<'a, F, H> {
         cut_needs_split: impl Fn(u64, Level) -> bool,
     ) -> [u64; MAX_LEVELS] {
         let geo = self.geometry();
-        let mut need = [0u64; MAX_LEVELS];
+        let need = [0u64; MAX_LEVELS];
+        let end = last.wrapping_add(1);
+        // An edge aligned to the largest leaf's span cuts no leaf (every leaf span divides it),
+        // and an end past the input width cuts nothing: most calls look nothing up.
+        let top = Level::from_index(7 - geo.leaf_mask().leading_zeros() as usize);
+        let top_mask = geo.level_size(top) - 1;
+        let cut_start = start & top_mask != 0;
+        let cut_end = end & top_mask != 0 && end >> geo.ia_bits() == 0;
+        if !cut_start && !cut_end {
+            return need;
+        }
+        self.edge_need_slow::<M>(need, (start, last), (cut_start, cut_end), cut_needs_split)
+    }
+
+    /// [`Op::edge_need`] once an edge may cut a leaf.
+    #[inline(never)]
+    fn edge_need_slow<M: Mode>(
+        &self,
+        mut need: [u64; MAX_LEVELS],
+        (start, last): (u64, u64),
+        (cut_start, cut_end): (bool, bool),
+        cut_needs_split: impl Fn(u64, Level) -> bool,
+    ) -> [u64; MAX_LEVELS] {
+        let geo = self.geometry();
         // (level of the table, index of the span it replaces) already counted.
         let mut seen: [(u8, u64); 2 * MAX_LEVELS] = [(u8::MAX, 0); 2 * MAX_LEVELS];
         let mut n_seen = 0;
         let end = last.wrapping_add(1);
-        let edges = [(start, start), (last, end)];
-        for (i, &(inside, cut)) in edges.iter().enumerate() {
-            if i == 1 && (end >> geo.ia_bits() != 0 || end == 0) {
+        let edges = [(start, start, cut_start), (last, end, cut_end)];
+        for &(inside, cut, may_cut) in edges.iter() {
+            if !may_cut {
                 continue;
             }
             // SAFETY: `root` is the tree's live root and `inside` is within the input width.
