@@ -425,7 +425,7 @@ impl<F: PteFormat, H: Host> Table<F, H> {
     #[inline(never)]
     fn protect_general(&mut self, range: GpaRange, perms: Perms) -> Result<(), Error> {
         // Not `ops::protect::protect`: the one-leaf path was tried already.
-        self.run(|op| ops::protect::protect_general::<F, H, Exclusive>(op, range, perms))
+        self.run(|op| ops::protect::protect_general_inline::<F, H, Exclusive>(op, range, perms))
             .map(done)
     }
 
