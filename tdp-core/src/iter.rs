@@ -37,35 +37,6 @@ pub enum Visit {
     TablePost,
 }
 
-/// The lookup form of the walker: descends from `root` through the tables that map `gpa` and
-/// returns the first entry that is not a table, with its level.
-///
-/// # Safety
-/// As [`Iter::new`]: `root` is the live root of a tree built with `fmt` on `host`, `gpa` is
-/// within the input width, and no table of the tree is freed meanwhile.
-#[inline]
-pub(crate) unsafe fn lookup<F: PteFormat, H: Host, M: Mode>(
-    fmt: &F,
-    host: &H,
-    root: Hpa,
-    gpa: u64,
-) -> (Level, u64) {
-    let geo = fmt.geometry();
-    let mut level = geo.root_level();
-    let mut table = host.phys_to_virt(root);
-    loop {
-        // SAFETY: `table` is a live table of the tree at `level` (caller contract, then each step
-        // follows a table entry of the tree) and the index is below its entry count.
-        let raw = unsafe { EntryPtr::new(table, geo.index(gpa, level)) }
-            .load_for(M::SHARED, F::BYTE_ORDER);
-        if level == Level::LEAF || fmt.classify(raw, level) != EntryKind::Table {
-            return (level, raw);
-        }
-        table = host.phys_to_virt(fmt.table_addr(raw, level));
-        level = Level::from_index(level.index() - 1);
-    }
-}
-
 /// The pre-order iterator. See the module documentation.
 pub(crate) struct Iter<'a, F: PteFormat, H: Host, M: Mode> {
     pub(crate) fmt: &'a F,

@@ -278,7 +278,10 @@ impl<F: PteFormat, H: Host> Table<F, H> {
         let mut op = self.tree.op(&mut self.ctx, &mut self.pending);
         let r = f(&mut op);
         let delta = op.delta;
-        self.tree.fold::<Exclusive>(&delta, 0);
+        // Nothing to fold for a protect without a split, or a call that changed nothing.
+        if !delta_is_zero(&delta) {
+            self.tree.fold::<Exclusive>(&delta, 0);
+        }
         let keep = if r.is_err() {
             // Give back what a refused call reserved, so the host sees the memory it saw before.
             core::array::from_fn(|l| cached_before[l].min(self.keep[l]))
@@ -402,8 +405,31 @@ impl<F: PteFormat, H: Host> Table<F, H> {
     /// [`Error::UnalignedGpa`], [`Error::GpaTooWide`], [`Error::UnsupportedAttrs`] (checked with
     /// write-back memory, and with each leaf's memory type where the format says permissions
     /// depend on it), [`Error::OutOfMemory`] for a split (nothing is changed in any case).
+    #[inline]
     pub fn protect(&mut self, range: GpaRange, perms: Perms) -> Result<(), Error> {
-        self.run(|op| ops::protect::protect::<F, H, Exclusive>(op, range, perms))
+        // One aligned leaf: straight to its slot. It frees and adds no table and changes no
+        // count, so the cursor stays valid and nothing is folded or trimmed.
+        let t = &self.tree;
+        if let Some(r) = ops::protect::protect_one::<F, H, Exclusive>(
+            t.format(),
+            t.host(),
+            t.root(),
+            range,
+            perms,
+        ) {
+            if let Some((gpa, size, level)) = r? {
+                flush_now(t.host())(gpa, size, level);
+            }
+            return Ok(());
+        }
+        self.protect_general(range, perms)
+    }
+
+    /// The general protect, out of line (as `map_general`).
+    #[inline(never)]
+    fn protect_general(&mut self, range: GpaRange, perms: Perms) -> Result<(), Error> {
+        // Not `ops::protect::protect`: the one-leaf path was tried already.
+        self.run(|op| ops::protect::protect_general_inline::<F, H, Exclusive>(op, range, perms))
             .map(done)
     }
 
@@ -553,6 +579,16 @@ impl<H: Host> UnmapOwe for UnmapNow<'_, H> {
             }
         }
     }
+}
+
+/// Whether an operation changed no count.
+#[inline(always)]
+fn delta_is_zero(d: &crate::flush::Delta) -> bool {
+    let mut any = 0;
+    for l in 0..MAX_LEVELS {
+        any |= d.leaves[l] | d.tables[l];
+    }
+    any == 0
 }
 
 fn done(p: Progress) {

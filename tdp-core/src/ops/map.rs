@@ -189,6 +189,11 @@ fn map_walk<F: PteFormat, H: Host, M: Mode>(
                         let empty = fmt.empty(level);
                         let run = it.run_len();
                         let mut n = 0;
+                        if !M::SHARED && it.table_meta().count() == 0 {
+                            // Exclusive mode: the count is exact, and zero means every entry of
+                            // the table is empty (a table this call just added): no scan.
+                            n = run;
+                        }
                         // SAFETY: `n < run`: inside the current table.
                         while n < run && unsafe { it.ptr_at(n) }.load(F::BYTE_ORDER) == empty {
                             n += 1;

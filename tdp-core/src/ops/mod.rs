@@ -16,12 +16,13 @@ pub(crate) mod walk;
 pub(crate) mod zap;
 
 use crate::addr::{GpaRange, Hpa, Level};
+use crate::entry::EntryPtr;
 use crate::error::Error;
 use crate::flush::{Delta, Pending};
 use crate::format::{Attrs, Cmo, EntryKind, PteFormat};
 use crate::geometry::{Geometry, MAX_LEVELS};
 use crate::host::Host;
-use crate::iter::{lookup, Iter};
+use crate::iter::Iter;
 use crate::mode::Mode;
 use crate::pool::TableCache;
 
@@ -64,7 +65,21 @@ impl<'a, F: PteFormat, H: Host> Op<'a, F, H> {
     }
 
     /// Tops the reserve up to `need`.
+    #[inline(always)]
     pub(crate) fn reserve(&mut self, need: &[u64; MAX_LEVELS]) -> Result<(), Error> {
+        // Most calls need nothing (an unmap or protect that cuts no huge leaf).
+        let mut any = 0;
+        for n in need {
+            any |= n;
+        }
+        if any == 0 {
+            return Ok(());
+        }
+        self.reserve_slow(need)
+    }
+
+    #[inline(never)]
+    fn reserve_slow(&mut self, need: &[u64; MAX_LEVELS]) -> Result<(), Error> {
         self.cache
             .reserve(self.host, need)
             .map_err(|size| Error::OutOfMemory { size })
@@ -117,23 +132,67 @@ impl<'a, F: PteFormat, H: Host> Op<'a, F, H> {
         cut_needs_split: impl Fn(u64, Level) -> bool,
     ) -> [u64; MAX_LEVELS] {
         let geo = self.geometry();
-        let mut need = [0u64; MAX_LEVELS];
-        // (level of the table, index of the span it replaces) already counted.
-        let mut seen: [(u8, u64); 2 * MAX_LEVELS] = [(u8::MAX, 0); 2 * MAX_LEVELS];
-        let mut n_seen = 0;
+        let need = [0u64; MAX_LEVELS];
         let end = last.wrapping_add(1);
-        let edges = [(start, start), (last, end)];
-        for (i, &(inside, cut)) in edges.iter().enumerate() {
-            if i == 1 && (end >> geo.ia_bits() != 0 || end == 0) {
+        // An edge aligned to the largest leaf's span cuts no leaf (every leaf span divides it),
+        // and an end past the input width cuts nothing: most calls look nothing up.
+        let top = Level::from_index(7 - geo.leaf_mask().leading_zeros() as usize);
+        let top_mask = geo.level_size(top) - 1;
+        let cut_start = start & top_mask != 0;
+        let cut_end = end & top_mask != 0 && end >> geo.ia_bits() == 0;
+        if !cut_start && !cut_end {
+            return need;
+        }
+        self.edge_need_slow::<M>(need, (start, last), (cut_start, cut_end), cut_needs_split)
+    }
+
+    /// [`Op::edge_need`] once an edge may cut a leaf.
+    #[inline(never)]
+    fn edge_need_slow<M: Mode>(
+        &self,
+        mut need: [u64; MAX_LEVELS],
+        (start, last): (u64, u64),
+        (cut_start, cut_end): (bool, bool),
+        cut_needs_split: impl Fn(u64, Level) -> bool,
+    ) -> [u64; MAX_LEVELS] {
+        let geo = self.geometry();
+        let fmt = self.fmt;
+        // Per table level, the span index the first edge counted a table for (`u64::MAX`: none):
+        // both edges inside one huge leaf share the tables of the spans they share.
+        let mut first = [u64::MAX; MAX_LEVELS];
+        let end = last.wrapping_add(1);
+        let edges = [(start, start, cut_start), (last, end, cut_end)];
+        for (e, &(inside, cut, may_cut)) in edges.iter().enumerate() {
+            if !may_cut {
                 continue;
             }
-            // SAFETY: `root` is the tree's live root and `inside` is within the input width.
-            let (level, raw) = unsafe { lookup::<F, H, M>(self.fmt, self.host, self.root, inside) };
-            if level == Level::LEAF || self.fmt.classify(raw, level) != EntryKind::Leaf {
+            // Down from the root only while the edge is inside a level's span: a leaf at a level
+            // whose span the edge is aligned to (and every level below) is not cut.
+            let mut level = geo.root_level();
+            let mut table = self.host.phys_to_virt(self.root);
+            let found = loop {
+                if cut & (geo.level_size(level) - 1) == 0 {
+                    break None;
+                }
+                // SAFETY: `table` is a live table of the tree at `level` (the tree's root, then
+                // each step follows a table entry read with the mode's ordering; no table is
+                // freed during the operation) and the index is below its entry count (`inside`
+                // is within the input width).
+                let raw = unsafe { EntryPtr::new(table, geo.index(inside, level)) }
+                    .load_for(M::SHARED, F::BYTE_ORDER);
+                match fmt.classify(raw, level) {
+                    EntryKind::Table if level != Level::LEAF => {
+                        table = self.host.phys_to_virt(fmt.table_addr(raw, level));
+                        level = Level::from_index(level.index() - 1);
+                    }
+                    EntryKind::Leaf => break Some((level, raw)),
+                    _ => break None,
+                }
+            };
+            let Some((level, raw)) = found else {
                 continue;
-            }
-            let size = geo.level_size(level);
-            if cut & (size - 1) == 0 || !cut_needs_split(raw, level) {
+            };
+            if level == Level::LEAF || !cut_needs_split(raw, level) {
                 continue;
             }
             // The leaf at `level` is cut: a table at level-1, then one more below for every level
@@ -143,12 +202,13 @@ impl<'a, F: PteFormat, H: Host> Op<'a, F, H> {
                 if cut & (parent_span - 1) == 0 {
                     break;
                 }
-                let key = (t as u8, cut / parent_span);
-                if !seen[..n_seen].contains(&key) {
-                    seen[n_seen] = key;
-                    n_seen += 1;
-                    need[t] += 1;
+                let idx = cut / parent_span;
+                if e == 0 {
+                    first[t] = idx;
+                } else if first[t] == idx {
+                    continue;
                 }
+                need[t] += 1;
             }
         }
         need

@@ -41,6 +41,36 @@ pub(crate) fn protect<F: PteFormat, H: Host, M: Mode>(
     perms: Perms,
 ) -> Result<Progress, Error> {
     let fmt = op.fmt;
+    // One aligned leaf: straight to its slot.
+    if let Some(r) = protect_one::<F, H, M>(fmt, op.host, op.root, range, perms) {
+        if let Some((gpa, size, level)) = r? {
+            op.pending.flush_span(gpa, size, level);
+        }
+        return Ok(Progress::Done);
+    }
+    protect_general::<F, H, M>(op, range, perms)
+}
+
+/// The general protect (every shape [`protect_one`] does not take), out of line for the tree
+/// API.
+#[inline(never)]
+fn protect_general<F: PteFormat, H: Host, M: Mode>(
+    op: &mut Op<'_, F, H>,
+    range: GpaRange,
+    perms: Perms,
+) -> Result<Progress, Error> {
+    protect_general_inline::<F, H, M>(op, range, perms)
+}
+
+/// The body of the general protect, inlined into `Table::protect`'s own out-of-line general
+/// call (that placement measured fastest for it; the tree API keeps [`protect_general`]).
+#[inline(always)]
+pub(crate) fn protect_general_inline<F: PteFormat, H: Host, M: Mode>(
+    op: &mut Op<'_, F, H>,
+    range: GpaRange,
+    perms: Perms,
+) -> Result<Progress, Error> {
+    let fmt = op.fmt;
     let geo = op.geometry();
     let (start, last) = check_range(geo, range)?;
     fmt.check_attrs(&Attrs::normal(perms))?;
@@ -379,26 +409,167 @@ fn scan<F: PteFormat, H: Host, M: Mode>(
 }
 
 /// Whether any leaf made executable with `perms` could need an instruction-cache invalidation
-/// (never, on coherent formats: then no pre-pass is made).
+/// (never, on coherent formats: then no pre-pass is made). A plain loop, so that a format whose
+/// `cmo` is constant folds it away.
+#[inline(always)]
 fn may_need_icache<F: PteFormat>(fmt: &F, perms: Perms) -> bool {
     use crate::format::MemType::*;
-    [
+    const MEMS: [crate::format::MemType; 6] = [
         WriteBack,
         WriteThrough,
         WriteProtect,
         WriteCombining,
         Uncached,
         Device,
-    ]
-    .into_iter()
-    .flat_map(|mem| {
-        [false, true].map(|ignore_guest_memtype| Attrs {
+    ];
+    let mut i = 0;
+    while i < 2 * MEMS.len() {
+        let a = Attrs {
             perms,
-            mem,
-            ignore_guest_memtype,
-        })
+            mem: MEMS[i >> 1],
+            ignore_guest_memtype: i & 1 != 0,
+        };
+        if fmt.cmo(&a).contains(Cmo::INVAL_ICACHE) {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+/// Where the walk toward one slot ended (see [`one_slot`]).
+enum Slot {
+    /// The slot at the level asked for.
+    At(crate::entry::EntryPtr),
+    /// An empty entry on the way: nothing maps the span.
+    Hole,
+    /// Anything else on the way (a huge leaf above the level, a frozen or unknown entry).
+    Other,
+}
+
+/// The slot at `level` for `gpa`, walking from `root` through tables only (a minimal copy of the
+/// single-entry paths' slot walk, without their cursor).
+///
+/// # Safety
+/// `root` is the live root of a tree built with `fmt` on `host`, `gpa` is within the input width,
+/// `level` is a level of the geometry, and no table of the tree is freed meanwhile (exclusive:
+/// the caller holds the tree; shared: the caller's read-side section).
+#[inline(always)]
+unsafe fn one_slot<F: PteFormat, H: Host, M: Mode>(
+    fmt: &F,
+    host: &H,
+    root: Hpa,
+    gpa: u64,
+    level: Level,
+) -> Slot {
+    let geo = fmt.geometry();
+    let mut l = geo.root_level();
+    let mut pa = root;
+    loop {
+        // SAFETY: `pa` is a live table of the tree at level `l` (the caller's root, then each
+        // step follows a table entry of the tree read with the mode's ordering) and the index is
+        // below its entry count.
+        let ptr = unsafe { crate::entry::EntryPtr::new(host.phys_to_virt(pa), geo.index(gpa, l)) };
+        if l == level {
+            return Slot::At(ptr);
+        }
+        let raw = ptr.load_for(M::SHARED, F::BYTE_ORDER);
+        match fmt.classify(raw, l) {
+            EntryKind::Table => {}
+            EntryKind::Empty => return Slot::Hole,
+            _ => return Slot::Other,
+        }
+        pa = fmt.table_addr(raw, l);
+        l = Level::from_index(l.index() - 1);
+    }
+}
+
+/// The one-leaf protect: when `range` is exactly one aligned entry of a leaf level
+/// ([`super::single::one_entry_level`]) and the walk reaches that slot through tables, changes
+/// the leaf there (or finds nothing to do: a hole, or the permissions already `perms`) and
+/// returns the flush owed (`Some((gpa, size, level))` only if a permission was removed).
+/// `None`, with nothing changed, for every other shape (a huge leaf above the level, a table at
+/// it, a frozen or unknown entry, a leaf another updater changed meanwhile, a malformed range):
+/// the general path runs then. The same checks as the general path, in the same order: the
+/// permissions with write-back memory, then (where permissions depend on it) the leaf's memory
+/// type; a refusal changes nothing. An instruction-cache invalidation the leaf needs before it
+/// becomes executable is made before the write.
+#[inline(always)]
+pub(crate) fn protect_one<F: PteFormat, H: Host, M: Mode>(
+    fmt: &F,
+    host: &H,
+    root: Hpa,
+    range: GpaRange,
+    perms: Perms,
+) -> Option<Result<Owed, Error>> {
+    let level = super::single::one_entry_level(fmt.geometry(), range)?;
+    if let Err(e) = fmt.check_attrs(&Attrs::normal(perms)) {
+        return Some(Err(e));
+    }
+    let gpa = range.start().raw();
+    // SAFETY: `root` is the tree's live root built with `fmt` on `host` (every caller passes its
+    // tree's); `gpa` is within the input width and `level` a level of the geometry
+    // (`one_entry_level`); no table is freed meanwhile (exclusive: the caller holds the tree;
+    // shared: its read-side section).
+    let ptr = match unsafe { one_slot::<F, H, M>(fmt, host, root, gpa, level) } {
+        Slot::At(p) => p,
+        Slot::Hole => return Some(Ok(None)),
+        Slot::Other => return None,
+    };
+    let cur = ptr.load_for(M::SHARED, F::BYTE_ORDER);
+    match fmt.classify(cur, level) {
+        EntryKind::Leaf => {}
+        EntryKind::Empty => return Some(Ok(None)),
+        _ => return None,
+    }
+    protect_leaf::<F, H, M>(fmt, host, ptr, cur, (gpa, level), perms)
+}
+
+/// The flush a one-leaf protect owes: `(gpa, size, level)` of the leaf, if a permission was
+/// removed.
+pub(crate) type Owed = Option<(u64, u64, Level)>;
+
+/// [`protect_one`] on the leaf `cur` found at `ptr` (for `gpa`, at `level`).
+#[inline(always)]
+fn protect_leaf<F: PteFormat, H: Host, M: Mode>(
+    fmt: &F,
+    host: &H,
+    ptr: crate::entry::EntryPtr,
+    cur: u64,
+    (gpa, level): (u64, Level),
+    perms: Perms,
+) -> Option<Result<Owed, Error>> {
+    let attrs = fmt.leaf_attrs(cur, level);
+    let new_attrs = Attrs { perms, ..attrs };
+    if fmt.perms_depend_on_memtype() {
+        // arm64: device memory is never executable; refused with nothing changed.
+        if let Err(e) = fmt.check_attrs(&new_attrs) {
+            return Some(Err(e));
+        }
+    }
+    if attrs.perms == perms {
+        return Some(Ok(None));
+    }
+    let size = fmt.geometry().level_size(level);
+    if !(perms & Perms::EXEC & !attrs.perms).is_empty()
+        && fmt.cmo(&new_attrs).contains(Cmo::INVAL_ICACHE)
+    {
+        host.invalidate_icache(fmt.leaf_addr(cur, level), size);
+    }
+    let new = fmt.with_perms(cur, level, perms);
+    let atomic = M::SHARED || fmt.volatile_bits(cur, level) != 0;
+    if update_leaf_to::<F, M>(fmt, ptr, cur, new, atomic, level, |x| {
+        fmt.with_perms(x, level, perms)
     })
-    .any(|a| fmt.cmo(&a).contains(Cmo::INVAL_ICACHE))
+    .is_err()
+    {
+        // Shared mode: no longer a leaf (split, zapped or frozen by another updater): the
+        // general path looks again.
+        return None;
+    }
+    Some(Ok(
+        (!perms.contains(attrs.perms)).then_some((gpa, size, level))
+    ))
 }
 
 /// Invalidates the instruction cache for the host memory of every leaf in `[start, last]` that
