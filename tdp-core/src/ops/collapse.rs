@@ -61,13 +61,25 @@ fn collapse_walk<F: PteFormat, H: Host, M: Mode>(
     let (start, last) = check_range(geo, range)?;
     // Exclusive mode with hardware A/D: the children are re-read after the flush.
     let late_ad = !M::SHARED && fmt.ad_model() == AdModel::Hardware;
-    let mut it = op.iter::<M>(start, last, Level::LEAF);
+    // Level-0 tables hold no tables: the walk does not enter them (each is visited once, as
+    // `TablePre`, and scanned by `collapsible`), so their leaves cost no visit each.
+    let bottom = Level::from_index(geo.root_level().index().min(1));
+    let mut it = op.iter::<M>(start, last, bottom);
     while it.valid() {
         let level = it.level();
-        if it.visit() == Visit::Leaf {
+        let visit = it.visit();
+        // The entry's whole subtree has been visited (or, at the bottom, is not entered).
+        let whole = visit == Visit::TablePost || (visit == Visit::TablePre && level == bottom);
+        if visit == Visit::Leaf {
             op.charge(1);
+        } else if visit == Visit::TablePre && level == bottom {
+            // The entries below that lie within the range, as if each were visited.
+            let shift = geo.shift(Level::from_index(level.index().saturating_sub(1)));
+            let lo = it.gpa().max(start);
+            let hi = it.gpa().saturating_add(geo.level_size(level) - 1).min(last);
+            op.charge(((hi - lo) >> shift) + 1);
         }
-        if it.visit() == Visit::TablePost
+        if whole
             && it.kind() == EntryKind::Table
             && geo.is_leaf_level(level)
             && it.span_in_range(start)
@@ -96,7 +108,7 @@ fn collapse_walk<F: PteFormat, H: Host, M: Mode>(
                 }
             }
         }
-        if it.visit() == Visit::TablePost && op.budget == 0 {
+        if whole && op.budget == 0 {
             // Out of budget after a whole subtree: stop here. (A table whose children were
             // split across two calls is collapsed by a later call that covers its whole span.)
             let next = it.gpa().wrapping_add(geo.level_size(level));
@@ -298,7 +310,33 @@ fn collapsible<F: PteFormat, H: Host, M: Mode>(
         return None;
     }
     let mut ad = fmt.ad_bits(first, child_level);
-    for i in 1..geo.entries(child_level) {
+    let n = geo.entries(child_level);
+    // The pieces of a huge leaf usually differ from the first one, A/D bits aside, only by a
+    // constant step in the address field (as `write_leaves` and `fill_split` use): one compare per
+    // entry against the linear value, the step being checked with `fits` at the second and the
+    // last piece (`base` is aligned to the huge leaf, so the address field never carries).
+    let clean = first & !ad;
+    let step = fmt.leaf_addr_bits(Hpa::new(geo.level_size(child_level)), child_level);
+    let at = |i: usize| clean.wrapping_add((i as u64).wrapping_mul(step));
+    if n > 1
+        && fits(fmt, at(1), child_level, first, base, 1)
+        && fits(fmt, at(n - 1), child_level, first, base, n - 1)
+    {
+        let mut want = clean;
+        for i in 1..n {
+            want = want.wrapping_add(step);
+            // SAFETY: `i` is below the entry count of the live table `child`.
+            let raw = unsafe { EntryPtr::new(virt, i) }.load_for(M::SHARED, F::BYTE_ORDER);
+            let bits = fmt.ad_bits(raw, child_level);
+            if raw & !bits != want {
+                return None;
+            }
+            debug_assert!(fits(fmt, raw, child_level, first, base, i));
+            ad |= bits;
+        }
+        return Some((first, ad));
+    }
+    for i in 1..n {
         // SAFETY: `i` is below the entry count of the live table `child`.
         let raw = unsafe { EntryPtr::new(virt, i) }.load_for(M::SHARED, F::BYTE_ORDER);
         if !fits(fmt, raw, child_level, first, base, i) {
