@@ -355,9 +355,9 @@ fn fits<F: PteFormat>(fmt: &F, raw: u64, level: Level, first: u64, base: u64, i:
         && fmt.leaf_key(raw, level) == fmt.leaf_key(first, level)
 }
 
-/// Takes every child of `child` that another agent could change (see [`collapse`]) and checks
-/// it still fits; returns the union of the A/D bits of the final values, or `None` (with the
-/// taken children put back) if one no longer fits.
+/// Shared mode: takes every child of `child` (see [`collapse`]) and checks it still fits;
+/// returns the union of the A/D bits of the final values, or `None` (with the taken children put
+/// back) if one no longer fits.
 fn take_children<F: PteFormat, H: Host, M: Mode>(
     fmt: &F,
     host: &H,
