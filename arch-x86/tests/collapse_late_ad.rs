@@ -274,3 +274,55 @@ fn a_batched_exclusive_collapse_folds_before_it_returns() {
     flush.flush();
     ctx.free_all(&hw);
 }
+
+#[test]
+fn a_collapse_that_yields_folds_what_it_collapsed_before_it_yields() {
+    let mem = HeapHost::new(BASE, 4 * MIB, 4096);
+    let hw = LateHw::new(&mem);
+    let fmt = ept_ad();
+    let mut tree = Tree::new(fmt.clone(), &hw).unwrap();
+    let mut ctx = Ctx::new(&fmt);
+    let mut flush = PendingFlush::new(&hw);
+    let (gpa, hpa) = (0x40_0000, 0x4040_0000);
+    let rw = Attrs::normal(Perms::RW);
+    let x = tree.exclusive();
+    let p = x.map(
+        &mut ctx,
+        &mut flush,
+        range(gpa, 6 * MIB),
+        Hpa::new(hpa),
+        rw,
+        cold_4k(),
+    );
+    assert_eq!(p, Ok(Progress::Done));
+    flush.flush_now();
+    // About one leaf table per call.
+    ctx.set_budget(Some(512));
+    let (mut at, end, mut calls) = (gpa, gpa + 6 * MIB, 0);
+    loop {
+        // Hardware writes through the leaf table the next call collapses first.
+        let page = at + 3 * 4096;
+        hw.arm(leaf_entry_pa(&mem, tree.root(), page));
+        let before = hw.written.load(Ordering::Relaxed);
+        let x = tree.exclusive();
+        let p = x
+            .collapse(&mut ctx, &mut flush, range(at, end - at))
+            .unwrap();
+        calls += 1;
+        assert_eq!(
+            hw.written.load(Ordering::Relaxed),
+            before + 1,
+            "hardware wrote"
+        );
+        let (level, dirty, _, _) = peek(&mem, &fmt, tree.root(), page);
+        assert_eq!(level, 1, "collapsed");
+        assert!(dirty, "the dirty bit hardware set in the child was lost");
+        match p {
+            Progress::Done => break,
+            Progress::Yielded { resume } => at = resume.raw(),
+        }
+    }
+    assert_eq!(calls, 3, "one 2 MiB table per call");
+    flush.flush();
+    ctx.free_all(&hw);
+}
