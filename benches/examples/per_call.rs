@@ -7,7 +7,9 @@
 //!     target/release/examples/per_call unmap ept-ad
 //! ```
 //!
-//! Arguments: the operation (`map`, `query`, `unmap`, `protect`: one range call), the format (`ept-ad`, `arm64-4k`) and the
+//! Arguments: the operation (`map`, `query`, `unmap`, `protect`: per page; `collapse`: one call over
+//! the range, after a map of 4 KiB leaves; profile with `--toggle-collect='*collapse_call*'`), the
+//! format (`ept-ad`, `arm64-4k`, `npt`) and the
 //! leaf level of the workload (0: 4 KiB, 1: 2 MiB; default 0). Prints ns per call of one run. The
 //! table memory is the benches' direct-map host, or with `TDP_BENCH_HOST=heap` the testing kit's
 //! heap host (as in `benches/explicit.rs`).
@@ -27,7 +29,8 @@ fn main() {
     match args.get(1).map(String::as_str) {
         Some("ept-ad") | None => go(&formats::ept(true), &op, level),
         Some("arm64-4k") => go(&formats::stage2(Granule::K4), &op, level),
-        Some(other) => panic!("unknown format {other}: ept-ad or arm64-4k"),
+        Some("npt") => go(&formats::npt(), &op, level),
+        Some(other) => panic!("unknown format {other}: ept-ad, arm64-4k or npt"),
     }
 }
 
@@ -54,7 +57,14 @@ fn run<F: PteFormat + Clone, H: Host>(fmt: &F, op: &str, level: usize, host: &H)
         }
         "unmap" => workload::unmap_pages(&mut t, &w),
         "protect" => workload::protect(&mut t, &w),
-        other => panic!("unknown operation {other}: map, query, unmap or protect"),
+        "collapse" => {
+            assert!(
+                w.splits(),
+                "collapse needs a workload of 4 KiB leaves (level 0)"
+            );
+            collapse_call(&mut t, &w);
+        }
+        other => panic!("unknown operation {other}: map, query, unmap, protect or collapse"),
     }
     let dt = t0.elapsed();
     println!(
@@ -62,4 +72,10 @@ fn run<F: PteFormat + Clone, H: Host>(fmt: &F, op: &str, level: usize, host: &H)
         dt.as_secs_f64() * 1e9 / w.leaves as f64,
         w.leaves
     );
+}
+
+/// The collapse call alone, out of line so that callgrind can toggle on it.
+#[inline(never)]
+fn collapse_call<F: PteFormat, H: Host>(t: &mut tdp_core::Table<F, H>, w: &Workload) {
+    workload::collapse(t, w);
 }

@@ -19,7 +19,11 @@
 //!   only then is the new value written. An operation that breaks `n` entries makes `n` such
 //!   calls besides its final one;
 //! - a long operation that stops at its budget flushes (and releases) everything it owes before it
-//!   returns the address to resume at.
+//!   returns the address to resume at;
+//! - an exclusive-mode collapse that replaced tables, on a format whose A/D bits hardware sets,
+//!   issues the flush its obligation owes before it returns: the replaced children are re-read
+//!   after that flush, for the A/D bits hardware set in them meanwhile (their tables are still
+//!   released with the obligation).
 //!
 //! # When a table is freed
 //! - Exclusive mode (`&mut` access): once the flush covering it completed; the caller's

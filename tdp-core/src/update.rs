@@ -426,6 +426,15 @@ pub(crate) fn take<F: PteFormat>(ptr: EntryPtr, with: u64, atomic: bool) -> u64 
     }
 }
 
+/// ORs `bits` into the leaf at `ptr` with an atomic fetch-or, keeping every bit hardware sets
+/// in it at the same time (collapse folds in the accessed/dirty bits hardware set in the children
+/// of a huge leaf after they were scanned; see `ops::collapse`). Only A/D bits are added this
+/// way: the entry stays the same leaf, so no count changes and no break-before-make is needed.
+#[inline]
+pub(crate) fn or_leaf_bits<F: PteFormat>(ptr: EntryPtr, bits: u64) {
+    ptr.fetch_or(bits, F::BYTE_ORDER);
+}
+
 /// Writes `v` into a slot the caller took with [`take`] (no other updater writes a taken slot).
 #[inline(always)]
 pub(crate) fn put_back<F: PteFormat>(ptr: EntryPtr, v: u64) {
