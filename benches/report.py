@@ -419,7 +419,9 @@ def markdown(groups, machine, rows, est, stale, duration, before=None, notes="",
       "range in one call, map it page by page, query every page, write-protect the range "
       "(RWX → RX), unmap the range in one call, unmap it page by page, split a 1 GiB leaf (or "
       "the largest leaf level) into pages and collapse them back, and tear the table down. Each "
-      "operation starts from a fresh table built outside the timed part. "
+      "operation starts from a fresh table built outside the timed part and works on it in "
+      "place (criterion's `iter_batched_ref`: no table value is moved into or out of the timed "
+      "part, for the engine or the peers; teardown is the drop of a moved-in table). "
       "**ns per page** is the median time of one operation divided by the number of leaves "
       "(for 2M/1G groups: per 2 MiB / 1 GiB leaf).")
     w("")
