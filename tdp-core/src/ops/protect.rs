@@ -447,8 +447,8 @@ enum Slot {
     Other,
 }
 
-/// The slot at `level` for `gpa`, walking from `root` through tables only (a minimal copy of the
-/// single-entry paths' slot walk, without their cursor).
+/// The slot at `level` for `gpa`, walking from `root` through tables only (the single-entry
+/// paths' slot walk, without a cursor).
 ///
 /// # Safety
 /// `root` is the live root of a tree built with `fmt` on `host`, `gpa` is within the input width,
@@ -462,25 +462,11 @@ unsafe fn one_slot<F: PteFormat, H: Host, M: Mode>(
     gpa: u64,
     level: Level,
 ) -> Slot {
-    let geo = fmt.geometry();
-    let mut l = geo.root_level();
-    let mut pa = root;
-    loop {
-        // SAFETY: `pa` is a live table of the tree at level `l` (the caller's root, then each
-        // step follows a table entry of the tree read with the mode's ordering) and the index is
-        // below its entry count.
-        let ptr = unsafe { crate::entry::EntryPtr::new(host.phys_to_virt(pa), geo.index(gpa, l)) };
-        if l == level {
-            return Slot::At(ptr);
-        }
-        let raw = ptr.load_for(M::SHARED, F::BYTE_ORDER);
-        match fmt.classify(raw, l) {
-            EntryKind::Table => {}
-            EntryKind::Empty => return Slot::Hole,
-            _ => return Slot::Other,
-        }
-        pa = fmt.table_addr(raw, l);
-        l = Level::from_index(l.index() - 1);
+    // SAFETY: the caller's contract, which is `slot_at`'s with no cursor.
+    match unsafe { super::single::slot_at::<F, H, M>(fmt, host, root, gpa, level, None) } {
+        Ok((ptr, _)) => Slot::At(ptr),
+        Err(stop) if stop.kind == EntryKind::Empty => Slot::Hole,
+        Err(_) => Slot::Other,
     }
 }
 

@@ -211,7 +211,7 @@ pub(crate) struct Stopped {
 /// (exclusive: the caller holds the tree; shared: the caller's read-side section), and a cursor
 /// names a live table of this tree (see [`Cursor`]).
 #[inline(always)]
-unsafe fn slot_at<F: PteFormat, H: Host, M: Mode>(
+pub(crate) unsafe fn slot_at<F: PteFormat, H: Host, M: Mode>(
     fmt: &F,
     host: &H,
     root: Hpa,
